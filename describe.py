@@ -1,0 +1,147 @@
+"""`moda describe`: batched descriptions for image files and folders, written as JSONL or CSV.
+
+    moda describe photos/ shoe.jpg --model ./moda-checkpoint --batch-size 8 --out results.jsonl
+
+One output line per image. An unreadable image is reported (on stderr and as an `error` line) and skipped;
+it never stops the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoProcessor
+from transformers.utils import logging
+
+import modeling_moda  # noqa: F401  (registers the "moda" Auto classes)
+import processing  # noqa: F401  (registers MODAProcessor with AutoProcessor)
+from processing.processing_moda import load_rgb_image
+
+logger = logging.get_logger("moda.describe")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def find_images(paths: Iterable[str | Path]) -> list[Path]:
+    """Expands folders (recursively, image suffixes only) and keeps files in the order given."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
+        else:
+            found.append(path)
+    return found
+
+
+@torch.inference_mode()
+def describe_images(
+    model, processor, images: Sequence[Image.Image], batch_size: int = 8, **generate_kwargs
+) -> list[str]:
+    """Descriptions for already-loaded images, generated `batch_size` at a time (left padding keeps batches exact)."""
+    descriptions: list[str] = []
+    for start in range(0, len(images), batch_size):
+        inputs = processor(images=list(images[start : start + batch_size]), return_tensors="pt").to(model.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+        generated = model.generate(**inputs, **generate_kwargs)
+        descriptions.extend(processor.batch_decode(generated, skip_special_tokens=True))
+    return descriptions
+
+
+def describe_files(
+    model, processor, paths: Sequence[Path], batch_size: int = 8, progress: bool = True, **generate_kwargs
+) -> Iterator[dict]:
+    """Yields `{"image", "description"}` or `{"image", "error"}` per file, in order, reading a batch at a time."""
+    with tqdm(total=len(paths), desc="describing", unit="image", disable=not progress) as bar:
+        for start in range(0, len(paths), batch_size):
+            batch = paths[start : start + batch_size]
+            loaded, results = [], {}
+            for path in batch:
+                try:
+                    loaded.append((path, load_rgb_image(path, name=str(path))))
+                except ValueError as error:
+                    logger.warning(f"skipping {path}: {error}")
+                    results[path] = {"image": str(path), "error": str(error)}
+            texts = describe_images(model, processor, [image for _, image in loaded], batch_size, **generate_kwargs)
+            for (path, _), text in zip(loaded, texts):
+                results[path] = {"image": str(path), "description": text}
+            yield from (results[path] for path in batch)
+            bar.update(len(batch))
+
+
+def write_results(rows: Iterable[dict], out: Path | None) -> tuple[int, int]:
+    """Streams rows to JSONL (default, stdout when `out` is None) or CSV (by suffix); returns (described, failed)."""
+    described = failed = 0
+    handle = sys.stdout if out is None else open(out, "w", newline="", encoding="utf-8")
+    try:
+        writer = csv.DictWriter(handle, ["image", "description", "error"]) if out and out.suffix == ".csv" else None
+        if writer:
+            writer.writeheader()
+        for row in rows:
+            described += "description" in row
+            failed += "error" in row
+            if writer:
+                writer.writerow(row)
+            else:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.flush()
+    finally:
+        if out is not None:
+            handle.close()
+    return described, failed
+
+
+def load_model(path: str, dtype: str = "float32"):
+    """Model + processor from a local folder or hub id (MODA code comes from this package or the folder)."""
+    model = AutoModel.from_pretrained(path, dtype=getattr(torch, dtype), trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
+    return model, processor
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moda", description="MODA: describe fashion items from photos")
+    commands = parser.add_subparsers(dest="command", required=True)
+    describe = commands.add_parser("describe", help="describe image files or folders of images")
+    describe.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    describe.add_argument("--model", required=True, help="checkpoint folder or hub id")
+    describe.add_argument("--batch-size", type=int, default=8)
+    describe.add_argument("--max-new-tokens", type=int, default=32)
+    describe.add_argument("--num-beams", type=int, default=1)
+    describe.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    describe.add_argument("--out", type=Path, help="results file: .jsonl (default format) or .csv; stdout if absent")
+    describe.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise SystemExit("--batch-size must be at least 1")
+    paths = find_images(args.images)
+    if not paths:
+        raise SystemExit(f"no images found in {' '.join(args.images)}")
+    model, processor = load_model(args.model, args.dtype)
+    rows = describe_files(
+        model,
+        processor,
+        paths,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        max_new_tokens=args.max_new_tokens,
+        num_beams=args.num_beams,
+        do_sample=False,
+    )
+    described, failed = write_results(rows, args.out)
+    print(f"described {described} images, skipped {failed} unreadable", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,250 @@
+"""MODA: a frozen image encoder, a non-linear projector and a causal language model.
+
+    pixel_values (B, 3, 224, 224)
+      -> vision_tower (CLIP ViT-B/32 + visual projection)   -> image_embeds (B, 1, 512)
+      -> projector (Linear 512->3072, GELU, Linear 3072->768) -> image features (B, 1, 768)
+      -> written over the `<image>` placeholder embeddings of input_ids
+      -> language_model (OPT-125M)                           -> logits (B, T, 50272)
+
+This file is copied next to ``model.safetensors`` by ``save_pretrained``: it imports only transformers, torch
+and ``.configuration_moda``, so a saved folder loads with ``trust_remote_code=True`` and no install.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    CLIPVisionModelWithProjection,
+    GenerationMixin,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import logging
+
+from .configuration_moda import MODAConfig
+
+logger = logging.get_logger(__name__)
+
+IMAGE_TOKEN = "<image>"
+
+
+class MODAProjector(nn.Module):
+    """Widens the image feature, then narrows it to the LM width (the seed's non-linear projection)."""
+
+    def __init__(self, config: MODAConfig):
+        super().__init__()
+        self.linear_1 = nn.Linear(config.vision_feature_size, config.projector_hidden_size)
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.linear_2 = nn.Linear(config.projector_hidden_size, config.text_config.hidden_size)
+
+    def forward(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(image_embeds)))
+
+
+def build_vision_tower(vision_config) -> PreTrainedModel:
+    """CLIP needs its visual projection for the pooled 512-d embedding; other towers pool on their own."""
+    if vision_config.model_type == "clip_vision_model":
+        return CLIPVisionModelWithProjection._from_config(vision_config)
+    return AutoModel.from_config(vision_config)
+
+
+def load_vision_backbone(vision: str | os.PathLike) -> PreTrainedModel:
+    """Loads a dual-encoder (CLIPModel, SiglipModel...) or vision-only checkpoint; its text tower is ignored."""
+    if AutoConfig.from_pretrained(vision).model_type == "clip_vision_model":
+        return CLIPVisionModelWithProjection.from_pretrained(vision)
+    return AutoModel.from_pretrained(vision)
+
+
+def vision_tower_config(backbone_config) -> PreTrainedConfig:
+    """The vision sub-config of a backbone; CLIP keeps its projection width on the parent config."""
+    vision_config = getattr(backbone_config, "vision_config", backbone_config)
+    if hasattr(backbone_config, "vision_config") and hasattr(backbone_config, "projection_dim"):
+        vision_config.projection_dim = backbone_config.projection_dim
+    return vision_config
+
+
+class MODAPreTrainedModel(PreTrainedModel):
+    config: MODAConfig
+    config_class = MODAConfig
+    base_model_prefix = "moda"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["CLIPEncoderLayer", "OPTDecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+
+class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
+    """Describes an image: image features are spliced into the token sequence of a causal LM.
+
+    Training: ``forward(pixel_values or image_embeds, input_ids, attention_mask, labels)``; the loss covers only
+    positions whose label is not -100 (the processor masks image, BOS and pad positions).
+    Inference: ``generate(pixel_values=..., input_ids=..., attention_mask=...)`` with any decoding strategy.
+    """
+
+    main_input_name = "input_ids"
+
+    def __init__(self, config: MODAConfig):
+        super().__init__(config)
+        self.vision_tower = build_vision_tower(config.vision_config)
+        self.projector = MODAProjector(config)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        if config.freeze_vision:
+            self.vision_tower.requires_grad_(False)
+        self.post_init()
+
+    @classmethod
+    def from_backbones(
+        cls,
+        vision: str | os.PathLike,
+        text: str | os.PathLike,
+        **config_kwargs,
+    ) -> MODAForConditionalGeneration:
+        """Builds MODA from pretrained backbones: hub ids or local folders.
+
+        ``vision`` is a CLIPModel checkpoint (e.g. "patrickjohncyh/fashion-clip"; its text tower is dropped) or a
+        vision-only one; ``text`` is any causal LM (e.g. "facebook/opt-125m"). The projector starts random.
+        The `<image>` placeholder takes the id that `MODAProcessor.from_backbones` gives it in the LM's tokenizer.
+        """
+        vision_backbone = load_vision_backbone(vision)
+        language_model = AutoModelForCausalLM.from_pretrained(text)
+
+        tokenizer = AutoTokenizer.from_pretrained(text)
+        vocab = tokenizer.get_vocab()
+        image_token_id = vocab.get(IMAGE_TOKEN, len(tokenizer))  # the id MODAProcessor gives it when it adds it
+        if image_token_id >= language_model.get_input_embeddings().num_embeddings:
+            language_model.resize_token_embeddings(image_token_id + 1, pad_to_multiple_of=8)
+
+        config = MODAConfig(
+            vision_config=vision_tower_config(vision_backbone.config),
+            text_config=language_model.config,
+            image_token_id=image_token_id,
+            **config_kwargs,
+        )
+        model = cls(config)
+        tower_state = model.vision_tower.state_dict()
+        weights = {name: value for name, value in vision_backbone.state_dict().items() if name in tower_state}
+        if missing := sorted(set(tower_state) - set(weights)):
+            raise ValueError(f"{vision} lacks vision tower weights {missing[:5]} (+{max(len(missing) - 5, 0)} more)")
+        model.vision_tower.load_state_dict(weights)
+        model.language_model.load_state_dict(language_model.state_dict())
+        model.generation_config = language_model.generation_config
+        return model.eval()  # like from_pretrained: dropout off until training asks for it
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.language_model.set_output_embeddings(new_embeddings)
+
+    def get_decoder(self) -> nn.Module:
+        return self.language_model.get_decoder()
+
+    def get_image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Frozen-encoder output, before the projector: (B, num_image_tokens, vision_feature_size).
+
+        This is what a training feature cache stores and what ``forward(image_embeds=...)`` accepts.
+        """
+        pixel_values = pixel_values.to(self.vision_tower.dtype)
+        outputs = self.vision_tower(pixel_values=pixel_values)
+        if self.config.image_features == "patches":
+            return outputs.last_hidden_state
+        pooled = outputs.image_embeds if hasattr(outputs, "image_embeds") else outputs.pooler_output
+        return pooled.unsqueeze(1)
+
+    def merge_image_features(
+        self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, image_embeds: torch.Tensor
+    ) -> torch.Tensor:
+        """Writes the projected image features over the `<image>` placeholder embeddings."""
+        image_mask = input_ids == self.config.image_token_id
+        image_features = self.projector(image_embeds.to(self.projector.linear_1.weight.dtype))
+        expected = image_features.shape[0] * image_features.shape[1]
+        if int(image_mask.sum()) != expected:
+            raise ValueError(
+                f"input_ids hold {int(image_mask.sum())} <image> tokens but the images give {expected} features "
+                f"({image_features.shape[0]} images x {image_features.shape[1]} tokens); build inputs with "
+                "MODAProcessor so that each sequence has exactly one image's placeholders"
+            )
+        image_features = image_features.to(inputs_embeds.dtype)
+        return inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), image_features)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_embeds: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        r"""
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`, *optional*):
+            Images, as prepared by `MODAProcessor`.
+        image_embeds (`torch.FloatTensor` of shape `(batch_size, num_image_tokens, vision_feature_size)`):
+            Precomputed `get_image_embeds` output, used instead of `pixel_values` (e.g. from a feature cache).
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Next-token targets aligned with `input_ids`; -100 positions are ignored. Image positions are
+            always ignored.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if pixel_values is not None and image_embeds is not None:
+            raise ValueError("pass either pixel_values or image_embeds, not both")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        if pixel_values is not None:
+            image_embeds = self.get_image_embeds(pixel_values)
+        if image_embeds is not None:
+            if input_ids is None:
+                raise ValueError("image inputs need input_ids to locate the <image> placeholders")
+            inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_embeds)
+
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+
+        loss = None
+        if labels is not None:
+            if input_ids is not None:
+                labels = labels.masked_fill(input_ids == self.config.image_token_id, -100)
+            loss = self.loss_function(
+                logits=outputs.logits,
+                labels=labels,
+                vocab_size=self.config.text_config.vocab_size,
+                num_items_in_batch=num_items_in_batch,
+            )
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=outputs.logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def prepare_inputs_for_generation(self, *args, is_first_iteration: bool = False, **kwargs):
+        """Image inputs are consumed by the first (prefill) step; later steps read them from the KV cache."""
+        model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
+        if not is_first_iteration and kwargs.get("use_cache", True):
+            model_inputs.pop("image_embeds", None)
+            model_inputs.pop("pixel_values", None)
+        return model_inputs
+
+
+__all__ = ["MODAForConditionalGeneration", "MODAPreTrainedModel", "MODAProjector"]

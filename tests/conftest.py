@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny MODA backbones, model, processor and a saved checkpoint, built once per session.
+
+Nothing is downloaded: the backbones are random tiny CLIP/OPT models saved by `processing.demo_backbones`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers.utils import logging
+
+from modeling_moda import MODAForConditionalGeneration
+from processing import MODAProcessor
+from processing.demo_backbones import save_tiny_backbones
+
+logging.set_verbosity_error()
+
+FASHION_TEXTS = [
+    "A red women's striped dress, perfect for parties.",
+    "A navy blue men's checked shirt, ideal for casual wear.",
+    "Black casual shoes for men, great for everyday use.",
+    "A pink women's blouse with lace trim, perfect for formal occasions.",
+    "Green sports shoes for boys, made for running.",
+    "A white girls' polka dot skirt for summer days.",
+] * 10
+
+
+def sharpen(model: torch.nn.Module, seed: int = 0, gain: float = 2.0) -> torch.nn.Module:
+    """Re-draws the weights wider than the 0.02 init so that random models react to their input.
+
+    With the default init every image gets the same greedy tokens, and batch-equality tests would prove nothing.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.ndim > 1:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * gain / parameter.shape[-1] ** 0.5)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_backbones(tmp_path_factory) -> tuple[Path, Path]:
+    return save_tiny_backbones(tmp_path_factory.mktemp("backbones"), FASHION_TEXTS)
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tiny_backbones) -> MODAProcessor:
+    return MODAProcessor.from_backbones(*tiny_backbones)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_backbones) -> MODAForConditionalGeneration:
+    return sharpen(MODAForConditionalGeneration.from_backbones(*tiny_backbones)).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_model, tiny_processor) -> Path:
+    """A saved tiny MODA (model + processor + code files), as a user or the Hub would have it."""
+    path = tmp_path_factory.mktemp("checkpoint")
+    tiny_model.save_pretrained(path)
+    tiny_processor.save_pretrained(path)
+    return path
+
+
+def make_photo(seed: int, size: tuple[int, int] = (48, 40)) -> Image.Image:
+    """A distinct RGB test photo: a coloured block on a noisy background."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 60, (size[1], size[0], 3), dtype=np.uint8)
+    colour = rng.integers(80, 256, 3, dtype=np.uint8)
+    pixels[size[1] // 4 : 3 * size[1] // 4, size[0] // 4 : 3 * size[0] // 4] = colour
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture
+def photos() -> list[Image.Image]:
+    return [make_photo(seed) for seed in range(4)]
