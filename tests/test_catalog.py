@@ -1,0 +1,87 @@
+"""The demo catalogue: Kaggle layout, images, determinism, variety, and captions that name colour and product."""
+
+import csv
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from processing.catalog import CSV_COLUMNS, main, make_catalog, product_noun
+
+
+def _read_rows(csv_path: Path) -> list[dict[str, str]]:
+    with csv_path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _all_bytes(folder: Path) -> dict[str, bytes]:
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in files}
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, str]]]:
+    out_dir = tmp_path_factory.mktemp("catalogue")
+    csv_path = main(["--out", str(out_dir), "--n", "300", "--seed", "3", "--image-size", "64"])
+    return csv_path, _read_rows(csv_path)
+
+
+def test_cli_writes_kaggle_columns_and_n_rows(catalogue):
+    csv_path, rows = catalogue
+    with csv_path.open(newline="", encoding="utf-8") as handle:
+        header = next(csv.reader(handle))
+    assert tuple(header) == CSV_COLUMNS
+    assert len(rows) == 300
+    assert len({row["ProductId"] for row in rows}) == 300
+
+
+def test_images_exist_are_rgb_and_sized(catalogue):
+    csv_path, rows = catalogue
+    for row in rows[:40]:
+        image_path = csv_path.parent / row["Image"]
+        assert image_path.parent.parts[-2:] == (row["Category"], row["Gender"])
+        with Image.open(image_path) as image:
+            assert image.mode == "RGB"
+            assert image.size == (64, 64)
+
+
+def test_images_default_to_clip_size(tmp_path):
+    for row in _read_rows(make_catalog(tmp_path, n=3, seed=0)):
+        with Image.open(tmp_path / row["Image"]) as image:
+            assert image.size == (224, 224)
+
+
+def test_catalogue_is_varied(catalogue):
+    _, rows = catalogue
+    assert len({row["ProductType"] for row in rows}) >= 10
+    assert {row["Category"] for row in rows} == {"Apparel", "Footwear"}
+    for category in ("Apparel", "Footwear"):
+        assert len({row["ProductType"] for row in rows if row["Category"] == category}) >= 4
+    assert len({row["Colour"] for row in rows}) >= 12
+    assert {row["Gender"] for row in rows} <= {"Men", "Women", "Boys", "Girls"}
+    assert len({row["description"] for row in rows}) > 250
+
+
+def test_every_description_names_colour_and_product(catalogue):
+    _, rows = catalogue
+    for row in rows:
+        description = row["description"].lower()
+        assert row["Colour"].lower() in description, row
+        assert product_noun(row["ProductType"]) in description, row
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
+    first = _all_bytes(make_catalog(tmp_path / "a", n=12, seed=7).parent)
+    again = _all_bytes(make_catalog(tmp_path / "b", n=12, seed=7).parent)
+    other = _all_bytes(make_catalog(tmp_path / "c", n=12, seed=8).parent)
+    assert first == again
+    assert first["fashion.csv"] != other["fashion.csv"]
+    shared_images = set(first) & set(other) - {"fashion.csv"}
+    assert all(first[name] != other[name] for name in shared_images)
+
+
+def test_product_noun_is_singular_lower_case_and_falls_back():
+    assert product_noun("Tshirts") == "t-shirt"
+    assert product_noun("Dresses") == "dress"
+    assert product_noun("Casual Shoes") == "casual shoes"
+    assert product_noun("Kurtas") == "kurtas"
