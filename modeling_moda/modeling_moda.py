@@ -133,7 +133,13 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         )
         model = cls(config)
         tower_state = model.vision_tower.state_dict()
-        weights = {name: value for name, value in vision_backbone.state_dict().items() if name in tower_state}
+        source = vision_backbone.state_dict()
+        # a dual encoder nests its vision weights under "vision_model."; a vision-only model may not
+        weights = {
+            name: source.get(name, source.get(f"vision_model.{name}"))
+            for name in tower_state
+            if name in source or f"vision_model.{name}" in source
+        }
         if missing := sorted(set(tower_state) - set(weights)):
             raise ValueError(f"{vision} lacks vision tower weights {missing[:5]} (+{max(len(missing) - 5, 0)} more)")
         model.vision_tower.load_state_dict(weights)

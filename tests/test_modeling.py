@@ -1,0 +1,149 @@
+"""MODAForConditionalGeneration: forward, loss masking, image-embedding path, generation, backbones, training."""
+
+import pytest
+import torch
+from torch.nn import functional as F
+from transformers import CLIPModel, SiglipConfig, SiglipModel
+
+from conftest import FASHION_TEXTS, make_photo
+from modeling_moda import MODAForConditionalGeneration
+
+
+def test_loss_covers_only_description_tokens(tiny_model, tiny_processor, photos):
+    batch = tiny_processor(images=photos[:2], text=["A red dress.", "Black casual shoes for men."], return_labels=True)
+    with torch.no_grad():
+        output = tiny_model(**batch)
+    logits, labels = output.logits[:, :-1], batch["labels"][:, 1:]
+    description = labels != -100
+    expected = F.cross_entropy(logits[description], labels[description])
+    torch.testing.assert_close(output.loss, expected)
+
+    # image, BOS and pad positions carry no target, and the EOS that ends each description does
+    first_text = (batch["attention_mask"].cumsum(1) == tiny_processor.num_image_tokens + 2).float().argmax(1)
+    for row, start in enumerate(first_text):
+        assert (batch["labels"][row, :start] == -100).all()
+        assert batch["labels"][row, -1] == tiny_processor.tokenizer.eos_token_id
+
+
+def test_image_position_never_gets_a_target(tiny_model, tiny_processor, photos):
+    batch = tiny_processor(images=photos[:1], text=["A red dress."], return_labels=True)
+    leaked = batch["labels"].clone()
+    leaked[batch["input_ids"] == tiny_processor.image_token_id] = 5
+    with torch.no_grad():
+        assert tiny_model(**batch).loss == tiny_model(**{**batch, "labels": leaked}).loss
+
+
+def test_precomputed_image_embeds_equal_pixel_path(tiny_model, tiny_processor, photos):
+    batch = tiny_processor(images=photos, text=["A", "A red", "", "Black casual shoes"])
+    with torch.no_grad():
+        from_pixels = tiny_model(**batch).logits
+        embeds = tiny_model.get_image_embeds(batch["pixel_values"])
+        without_pixels = {k: v for k, v in batch.items() if k != "pixel_values"}
+        from_embeds = tiny_model(**without_pixels, image_embeds=embeds).logits
+    assert embeds.shape == (4, 1, tiny_model.config.vision_feature_size)
+    torch.testing.assert_close(from_pixels, from_embeds)
+
+
+def test_image_changes_the_prediction(tiny_model, tiny_processor, photos):
+    with torch.no_grad():
+        logits = tiny_model(**tiny_processor(images=photos)).logits[:, -1]
+    assert not torch.allclose(logits[0], logits[1])
+
+
+def test_mismatched_placeholders_raise(tiny_model, tiny_processor, photos):
+    batch = tiny_processor(images=photos[:2])
+    with pytest.raises(ValueError, match="<image> tokens"):
+        tiny_model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"][:1])
+    with pytest.raises(ValueError, match="either pixel_values or image_embeds"):
+        tiny_model(**batch, image_embeds=torch.zeros(2, 1, tiny_model.config.vision_feature_size))
+
+
+def generate_text(model, processor, images, texts, **kwargs) -> list[list[int]]:
+    """The new tokens of each sequence, up to EOS (ids, not text: random models emit undecodable bytes)."""
+    inputs = processor(images=images, text=texts)
+    ids = model.generate(**inputs, max_new_tokens=12, **kwargs)[:, inputs["input_ids"].shape[1]:].tolist()
+    eos = processor.tokenizer.eos_token_id
+    return [row[: row.index(eos)] if eos in row else row for row in ids]
+
+
+def test_batched_greedy_equals_one_at_a_time(tiny_model, tiny_processor, photos):
+    prompts = ["", "A", "A red striped", "Black casual shoes for"]  # different lengths: real left padding
+    batched = generate_text(tiny_model, tiny_processor, photos, prompts, do_sample=False)
+    single = [generate_text(tiny_model, tiny_processor, [p], [t], do_sample=False)[0] for p, t in zip(photos, prompts)]
+    assert batched == single
+    unprompted = generate_text(tiny_model, tiny_processor, photos, None, do_sample=False)
+    assert len(set(map(tuple, unprompted))) > 1, "different photos should give different descriptions"
+
+
+def test_kv_cache_does_not_change_greedy_output(tiny_model, tiny_processor, photos):
+    with_cache = generate_text(tiny_model, tiny_processor, photos, None, do_sample=False, use_cache=True)
+    without_cache = generate_text(tiny_model, tiny_processor, photos, None, do_sample=False, use_cache=False)
+    assert with_cache == without_cache
+
+
+def test_beam_search_and_sampling_run(tiny_model, tiny_processor, photos):
+    inputs = tiny_processor(images=photos[:2])
+    beams = tiny_model.generate(**inputs, max_new_tokens=6, num_beams=3, num_return_sequences=2)
+    assert beams.shape[0] == 4
+    torch.manual_seed(0)
+    sampled = tiny_model.generate(**inputs, max_new_tokens=6, do_sample=True, temperature=0.8, top_k=20)
+    assert sampled.shape[0] == 2 and sampled.shape[1] <= inputs["input_ids"].shape[1] + 6
+
+
+def test_generation_stops_at_eos(tiny_model, tiny_processor, photos):
+    eos = tiny_processor.tokenizer.eos_token_id
+    with torch.no_grad():
+        tiny_model.language_model.lm_head.weight  # tied to the input embeddings
+        bias = torch.zeros(tiny_model.config.text_config.vocab_size)
+        bias[eos] = 1e4
+
+        def force_eos(module, args, output):
+            return output + bias
+
+        handle = tiny_model.language_model.lm_head.register_forward_hook(force_eos)
+        try:
+            ids = tiny_model.generate(**tiny_processor(images=photos[:2]), max_new_tokens=10)
+        finally:
+            handle.remove()
+    prompt_length = tiny_processor(images=photos[:1])["input_ids"].shape[1]
+    assert ids.shape[1] == prompt_length + 1 and (ids[:, -1] == eos).all()
+
+
+def test_lm_head_is_tied_to_input_embeddings(tiny_model):
+    assert tiny_model.get_output_embeddings().weight is tiny_model.get_input_embeddings().weight
+
+
+def test_training_step_updates_projector_and_lm_not_vision(tiny_backbones, tiny_processor, photos):
+    model = MODAForConditionalGeneration.from_backbones(*tiny_backbones).train()
+    model.activation_checkpointing_enable()
+    batch = tiny_processor(images=photos, text=FASHION_TEXTS[:4], return_labels=True)
+    model(**batch).loss.backward()
+    assert all(p.grad is None for p in model.vision_tower.parameters())
+    assert all(p.grad is not None for p in model.projector.parameters())
+    assert model.get_input_embeddings().weight.grad is not None
+
+
+def test_from_backbones_keeps_pretrained_weights(tiny_backbones, tiny_model):
+    vision_dir, _ = tiny_backbones
+    clip = CLIPModel.from_pretrained(vision_dir).eval()
+    model = MODAForConditionalGeneration.from_backbones(*tiny_backbones)
+    pixel_values = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = clip.get_image_features(pixel_values=pixel_values)
+        expected = getattr(expected, "pooler_output", expected)
+        torch.testing.assert_close(model.get_image_embeds(pixel_values)[:, 0], expected)
+
+
+def test_siglip_vision_backbone_and_patch_features(tmp_path, tiny_backbones, tiny_processor):
+    siglip = SiglipModel(SiglipConfig(
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+        text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "vocab_size": 64},
+    ))
+    siglip.save_pretrained(tmp_path)
+    model = MODAForConditionalGeneration.from_backbones(tmp_path, tiny_backbones[1], image_features="patches")
+    assert model.config.num_image_tokens == 16
+    processor = type(tiny_processor)(tiny_processor.image_processor, tiny_processor.tokenizer, num_image_tokens=16)
+    ids = model.generate(**processor(images=[make_photo(1), make_photo(2)]), max_new_tokens=4)
+    assert ids.shape[0] == 2

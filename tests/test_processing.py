@@ -1,0 +1,134 @@
+"""MODAProcessor: odd images become clean RGB pixels, bad input fails clearly, sequences are laid out for MODA."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_photo
+from processing import load_rgb_image
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("RGBA", (30, 20), (255, 0, 0, 0)),
+        Image.new("LA", (30, 20), (10, 0)),
+        Image.new("P", (30, 20), 3),
+        Image.new("CMYK", (30, 20), (0, 255, 255, 0)),
+        Image.new("L", (30, 20), 128),
+        Image.new("1", (30, 20), 1),
+        Image.fromarray(np.full((20, 30), 40000, dtype=np.uint16)),
+        Image.fromarray(np.full((20, 30), 0.5, dtype=np.float32)),
+        np.zeros((20, 30, 3), dtype=np.uint8),
+        np.ones((3, 20, 30), dtype=np.float32) * 0.25,
+        np.full((20, 30, 4), 200, dtype=np.uint8),
+        Image.new("RGB", (1, 1), (0, 128, 0)),
+        Image.new("RGB", (6000, 40), (0, 0, 255)),
+    ],
+    ids=["RGBA", "LA", "P", "CMYK", "L", "1-bit", "I;16", "F", "array", "CHW-float", "RGBA-array", "1x1", "huge"],
+)
+def test_any_image_becomes_rgb_pixels(tiny_processor, image):
+    rgb = load_rgb_image(image)
+    assert rgb.mode == "RGB" and max(rgb.size) <= 4096
+    pixel_values = tiny_processor(images=image)["pixel_values"]
+    assert pixel_values.shape == (1, 3, 32, 32)
+    assert np.isfinite(pixel_values.numpy()).all()
+
+
+def test_transparent_pixels_are_laid_on_white():
+    assert load_rgb_image(Image.new("RGBA", (4, 4), (255, 0, 0, 0))).getpixel((0, 0)) == (255, 255, 255)
+    assert load_rgb_image(Image.new("RGBA", (4, 4), (255, 0, 0, 255))).getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_sixteen_bit_images_are_rescaled_not_clipped():
+    grey = load_rgb_image(Image.fromarray(np.full((4, 4), 32768, dtype=np.uint16)))
+    assert grey.getpixel((0, 0)) == (255, 255, 255)  # its own maximum maps to white
+    ramp = np.tile(np.arange(0, 65536, 4096, dtype=np.uint16), (4, 1))
+    values = np.asarray(load_rgb_image(Image.fromarray(ramp)))[0, :, 0]
+    assert (np.diff(values.astype(int)) > 0).all()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "cannot read"), (b"not an image at all", "cannot read"), (None, "no such image file")],
+)
+def test_unreadable_files_name_the_file(tmp_path, tiny_processor, content, message):
+    path = tmp_path / "broken.jpg"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=message) as error:
+        tiny_processor(images=[make_photo(0), path])
+    assert "broken.jpg" in str(error.value) and "image 1" in str(error.value)
+
+
+def test_truncated_jpeg_is_rejected(tmp_path):
+    path = tmp_path / "cut.jpg"
+    make_photo(0, size=(200, 200)).save(path, quality=95)
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ValueError, match="cut.jpg"):
+        load_rgb_image(path)
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [(np.zeros((5, 5, 7)), "array"), (np.full((4, 4), np.nan), "NaN"), ("x" * 0, "no such image"), (42, "int")],
+)
+def test_bad_arrays_and_types(image, message):
+    with pytest.raises(ValueError, match=message):
+        load_rgb_image(image)
+
+
+def test_mismatched_batch_sizes_and_empty_targets(tiny_processor, photos):
+    with pytest.raises(ValueError, match="2 images but 3 texts"):
+        tiny_processor(images=photos[:2], text=["a", "b", "c"])
+    with pytest.raises(ValueError, match="empty"):
+        tiny_processor(images=photos[:2], text=["A red dress.", "  "], return_labels=True)
+    with pytest.raises(ValueError, match="needs images, text"):
+        tiny_processor()
+    with pytest.raises(ValueError, match="empty list"):
+        tiny_processor(images=[])
+
+
+def test_sequence_layout_is_left_padded_image_bos_text_eos(tiny_processor, photos):
+    tokenizer = tiny_processor.tokenizer
+    batch = tiny_processor(images=photos[:2], text=["A red dress.", "Black casual shoes for men."], return_labels=True)
+    short, long = batch["input_ids"].tolist()
+    mask = batch["attention_mask"][0].tolist()
+    pads = mask.index(1)
+    assert pads > 0 and short[:pads] == [tokenizer.pad_token_id] * pads and all(mask[pads:])
+    assert short[pads:pads + 2] == [tiny_processor.image_token_id, tokenizer.bos_token_id]
+    assert short[-1] == long[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(short[pads + 2:-1]) == "A red dress."
+    assert batch["labels"][0, pads + 2:].tolist() == short[pads + 2:]
+
+
+def test_generation_prompt_is_image_then_bos(tiny_processor, photos):
+    batch = tiny_processor(images=photos[0])
+    assert batch["input_ids"].tolist() == [[tiny_processor.image_token_id, tiny_processor.tokenizer.bos_token_id]]
+    assert "labels" not in batch
+
+
+def test_max_length_keeps_the_eos(tiny_processor, photos):
+    batch = tiny_processor(images=photos[0], text="A navy blue men's checked shirt", return_labels=True, max_length=3)
+    assert batch["input_ids"].shape[1] == 2 + 3
+    assert batch["input_ids"][0, -1] == tiny_processor.tokenizer.eos_token_id
+
+
+def test_batch_decode_returns_clean_descriptions(tiny_processor, photos):
+    batch = tiny_processor(images=photos[:2], text=["A red dress.", "Black casual shoes for men."], add_eos=True)
+    assert tiny_processor.batch_decode(batch["input_ids"]) == ["A red dress.", "Black casual shoes for men."]
+
+
+def test_patch_token_processor_writes_one_placeholder_per_patch(tiny_processor, photos):
+    processor = type(tiny_processor)(tiny_processor.image_processor, tiny_processor.tokenizer, num_image_tokens=17)
+    ids = processor(images=photos[0])["input_ids"][0].tolist()
+    assert ids.count(processor.image_token_id) == 17
+
+
+def test_round_trip(tmp_path, tiny_processor, photos):
+    tiny_processor.save_pretrained(tmp_path)
+    loaded = type(tiny_processor).from_pretrained(tmp_path)
+    original, reloaded = (p(images=photos, text=["A red"] * 4) for p in (tiny_processor, loaded))
+    assert original.keys() == reloaded.keys()
+    for key in original:
+        assert (original[key] == reloaded[key]).all()
