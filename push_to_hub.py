@@ -1,0 +1,381 @@
+"""Publish MODA: stage the model repo (weights, config, code, processor, model card) and its Gradio Space, check
+that the staged model loads and generates in a clean process, then upload both.
+
+    python push_to_hub.py outputs/demo --repo-id user/moda --space-id user/moda-space
+    python push_to_hub.py outputs/demo --repo-id user/moda --space-id user/moda-space --dry-run staged/
+
+``--dry-run DIR`` writes ``DIR/model`` and ``DIR/space``, checks the model folder and stops: what lies there is
+exactly what would be uploaded. The token comes from ``HF_TOKEN`` or the ``hf auth login`` cache and is never
+printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence
+
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, SpaceCard
+from transformers.utils import logging
+
+from modeling_moda import MODAForConditionalGeneration
+from processing import MODAProcessor
+
+logger = logging.get_logger("moda.push_to_hub")
+
+REPO_ROOT = Path(__file__).resolve().parent
+SPACE_SOURCE = REPO_ROOT / "space"
+SPACE_FILES = ("app.py", "requirements.txt", "README.md")
+# The seed's backbones, named in the card when the checkpoint's config does not name Hub backbones itself.
+SEED_BASE_MODELS = {"vision": "patrickjohncyh/fashion-clip", "text": "facebook/opt-125m"}
+# Top-level names of this repository: the clean loader refuses to import them.
+PROJECT_MODULES = ("modeling_moda", "processing", "metrics", "describe", "train_hf", "push_to_hub")
+# Trainer bookkeeping that is not a score of the model.
+NOT_SCORES = ("runtime", "samples_per_second", "steps_per_second", "epoch", "step", "total_flos")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+# Runs first in the clean process: the repository is neither on sys.path nor importable by any finder (an
+# editable install included), so only the staged folder's own code can make the model load.
+BLOCK_PROJECT = """
+import importlib.abc, os, sys
+REPO = os.path.realpath({repo!r})
+sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != REPO]
+
+class BlockProject(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {blocked}:
+            raise ModuleNotFoundError(f"{{name}} is blocked: a published MODA must not need the repository", name=name)
+        return None
+
+sys.meta_path.insert(0, BlockProject())
+""".format(repo=str(REPO_ROOT), blocked=PROJECT_MODULES)
+
+LOAD_AND_GENERATE = """
+import json
+from PIL import Image
+from transformers import AutoModel, AutoProcessor
+model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
+inputs = processor(images=Image.new("RGB", (64, 48), (150, 40, 60)), return_tensors="pt")
+ids = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+print(json.dumps(processor.batch_decode(ids)[0]))
+"""
+
+
+def clean_command(code: str, *args: str | Path) -> list[str]:
+    """The command that runs `code` (with `args` in sys.argv[1:]) in an isolated interpreter (`-I`: no
+    PYTHONPATH, no script folder on sys.path) that cannot import this repository."""
+    return [sys.executable, "-I", "-c", BLOCK_PROJECT + code, *map(str, args)]
+
+
+def check_loads_in_clean_process(folder: str | Path, timeout: float = 300) -> str:
+    """Loads `folder` with AutoModel/AutoProcessor (trust_remote_code) in a fresh interpreter that cannot import
+    this repository, generates once, and returns the text; raises RuntimeError with the child's stderr otherwise.
+
+    The child runs in an empty folder, offline, with its own remote-code module cache, so nothing but the
+    folder's files can satisfy the load.
+    """
+    folder = Path(folder).resolve()
+    with tempfile.TemporaryDirectory(prefix="moda-clean-") as scratch:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(Path(scratch) / "modules")}
+        command = clean_command(LOAD_AND_GENERATE, folder)
+        result = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"{folder} does not load in a clean process:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def find_run_file(checkpoint: Path, name: str) -> Path | None:
+    """`name` in the checkpoint folder or its parent (Trainer writes run files next to checkpoint-N/)."""
+    return next((path for path in (checkpoint / name, checkpoint.parent / name) if path.is_file()), None)
+
+
+def read_metrics(checkpoint: Path) -> dict[str, float]:
+    """The run's metrics.json as flat `{name: number}` (one nesting level is joined with `_`)."""
+    path = find_run_file(checkpoint, "metrics.json")
+    if path is None:
+        return {}
+    flat: dict[str, float] = {}
+    for key, value in json.loads(path.read_text()).items():
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        for sub_key, number in items:
+            if isinstance(number, (int, float)) and not isinstance(number, bool):
+                flat[f"{key}_{sub_key}" if sub_key else key] = number
+    return flat
+
+
+def evaluation_scores(metrics: dict[str, float]) -> dict[str, float]:
+    """`eval_*` / `test_*` scores by bare name (bleu, rouge1, attribute_accuracy, loss ...), bookkeeping dropped."""
+    scores = {}
+    for key, value in metrics.items():
+        prefix, _, name = key.partition("_")
+        if prefix in ("eval", "test") and name and not name.endswith(NOT_SCORES):
+            scores[name] = value
+    return scores
+
+
+def base_models(model: MODAForConditionalGeneration) -> list[str]:
+    """The Hub backbones the checkpoint was built from, or the seed's FashionCLIP and OPT-125M."""
+    names = []
+    for part, config in (("vision", model.config.vision_config), ("text", model.config.text_config)):
+        name = getattr(config, "_name_or_path", "") or ""
+        names.append(name if HUB_ID.match(name) and not Path(name).exists() else SEED_BASE_MODELS[part])
+    return names
+
+
+@dataclass
+class CardInputs:
+    """What the model card says, gathered from the checkpoint, its run folder and the command line."""
+
+    repo_id: str
+    license: str
+    num_parameters: int
+    base_models: list[str]
+    datasets: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    loss_curve: str | None = None
+    benchmarks: list[str] = field(default_factory=list)
+    space_id: str | None = None
+
+
+def card_metadata(inputs: CardInputs) -> ModelCardData:
+    scores = evaluation_scores(inputs.metrics)
+    dataset = inputs.datasets[0] if inputs.datasets else "custom"
+    return ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-text-to-text",
+        base_model=inputs.base_models,
+        datasets=inputs.datasets or None,
+        metrics=sorted(name for name in scores if name != "loss") or None,
+        license=inputs.license,
+        language=["en"],
+        tags=["moda", "fashion", "image-captioning", "vision-language", "custom_code"],
+        model_name=inputs.repo_id.split("/")[-1],
+        eval_results=[
+            EvalResult(
+                task_type="image-text-to-text",
+                dataset_type=dataset,
+                dataset_name=f"{dataset} (held-out split)",
+                metric_type=name,
+                metric_value=value,
+            )
+            for name, value in sorted(scores.items())
+        ]
+        or None,
+    )
+
+
+def card_body(inputs: CardInputs) -> str:
+    repo_id, name = inputs.repo_id, inputs.repo_id.split("/")[-1]
+    sections = [
+        f"# {name}: MODA, the Multimodal Object Description Assistant",
+        textwrap.dedent(
+            f"""\
+            MODA writes a short description of the fashion item in a product photo, e.g.
+            *"A navy blue men's striped polo shirt, ideal for casual wear."*
+
+            It is a small vision-language model ({inputs.num_parameters / 1e6:.2f}M parameters) that runs well on
+            a laptop CPU: a frozen CLIP vision tower (FashionCLIP, ViT-B/32) turns the photo into one pooled
+            embedding, a two-layer MLP projector maps it into the token space of an OPT decoder, and the decoder
+            writes the description. Built from: {", ".join(f"[{m}](https://huggingface.co/{m})" for m in inputs.base_models)}."""
+        ),
+        "## How to use",
+        textwrap.dedent(
+            f"""\
+            MODA's code ships in this repository, so loading needs `trust_remote_code=True` and no install
+            beyond `transformers`, `torch` and `pillow`:
+
+            ```python
+            from PIL import Image
+            from transformers import AutoModel, AutoProcessor
+
+            model = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True)
+            processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)
+
+            inputs = processor(images=[Image.open("shirt.jpg"), Image.open("shoe.png")], return_tensors="pt")
+            ids = model.generate(**inputs, max_new_tokens=32)  # batched; num_beams / do_sample work too
+            print(processor.batch_decode(ids, skip_special_tokens=True))
+            ```
+
+            With the pipeline:
+
+            ```python
+            from transformers import pipeline
+
+            describe = pipeline("image-text-to-text", model="{repo_id}", trust_remote_code=True)
+            describe(images="shirt.jpg", text="")[0]["generated_text"]
+            ```
+
+            Batches are padded on the left, so a batch gives the same descriptions as one photo at a time."""
+        ),
+    ]
+    if inputs.space_id:
+        sections.append(f"Try it in the Space: [{inputs.space_id}](https://huggingface.co/spaces/{inputs.space_id}).")
+    sections += [
+        "## Training",
+        textwrap.dedent(
+            """\
+            The vision tower stays frozen; the projector and the decoder are trained with next-token
+            cross-entropy on the description tokens only (the image slot, BOS and padding carry label -100),
+            with `transformers.Trainer`. The descriptions are distilled without labelled data: Phi-3 Vision
+            describes each catalogue photo of the Kaggle *fashion-images* set, Phi-3 Instruct rewrites the answer
+            into one sentence, and answers that contradict the catalogue metadata or copy text from the image are
+            filtered out."""
+        ),
+    ]
+    if inputs.loss_curve:
+        sections.append(f"![Training and evaluation loss]({inputs.loss_curve})")
+    if inputs.metrics:
+        rows = "\n".join(f"| {key} | {value:.4g} |" for key, value in sorted(inputs.metrics.items()))
+        sections += ["## Results of the training run", f"| metric | value |\n|---|---|\n{rows}"]
+    if inputs.benchmarks:
+        sections += ["## CPU latency", *inputs.benchmarks]
+    sections += [
+        "## Limitations",
+        textwrap.dedent(
+            """\
+            - One item per photo, product-catalogue style (plain background). Photos of people, outfits or street
+              scenes get a description of one item at best.
+            - English only; descriptions are short and name gender, colour, type, pattern and usage. Attributes the
+              catalogue does not hold (fabric, brand, size) are not learned, and similar colours can be confused.
+            - The training descriptions come from a teacher model: its mistakes are learned too.
+            - Not meant for decisions about people. The OPT decoder carries its own licence terms."""
+        ),
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def build_model_card(inputs: CardInputs) -> ModelCard:
+    return ModelCard(f"---\n{card_metadata(inputs).to_yaml()}\n---\n\n{card_body(inputs)}")
+
+
+def stage_model(
+    checkpoint: Path,
+    out: Path,
+    repo_id: str,
+    license: str = "mit",
+    datasets: Sequence[str] = (),
+    base_model: Sequence[str] = (),
+    space_id: str | None = None,
+) -> Path:
+    """Writes into `out` exactly the files of the model repo: re-saved with this repository's code (so the
+    config's `auto_map` and the code files are current), processor, generation config, card and loss curve.
+    Optimizer state, RNG and other Trainer files in the checkpoint are left behind."""
+    if not (checkpoint / "config.json").is_file():
+        raise ValueError(f"{checkpoint} is not a MODA checkpoint folder (no config.json)")
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty; stage into a new folder")
+    model = MODAForConditionalGeneration.from_pretrained(checkpoint)
+    model.save_pretrained(out)
+    MODAProcessor.from_pretrained(checkpoint).save_pretrained(out)
+
+    inputs = CardInputs(
+        repo_id=repo_id,
+        license=license,
+        num_parameters=model.num_parameters(),
+        base_models=list(base_model) or base_models(model),
+        datasets=list(datasets),
+        metrics=read_metrics(checkpoint),
+        space_id=space_id,
+    )
+    if loss_curve := find_run_file(checkpoint, "loss_curve.png"):
+        shutil.copy(loss_curve, out / "loss_curve.png")
+        inputs.loss_curve = "loss_curve.png"
+    for folder in dict.fromkeys((checkpoint, checkpoint.parent)):
+        inputs.benchmarks += [path.read_text().strip() for path in sorted(folder.glob("benchmark*.md"))]
+    build_model_card(inputs).save(out / "README.md")
+    return out
+
+
+def stage_space(out: Path, model_repo_id: str) -> Path:
+    """Copies `space/` into `out`, its README pointing at the model repo (the app's default model)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in SPACE_FILES:
+        shutil.copy(SPACE_SOURCE / name, out / name)
+    shutil.copytree(SPACE_SOURCE / "examples", out / "examples", dirs_exist_ok=True)
+    card = SpaceCard.load(out / "README.md")
+    card.data.models = [model_repo_id]
+    card.save(out / "README.md")
+    return out
+
+
+class HubApi(Protocol):
+    """The part of `huggingface_hub.HfApi` that publishing uses (tests pass a fake)."""
+
+    def create_repo(self, repo_id: str, **kwargs): ...
+
+    def upload_folder(self, *, repo_id: str, folder_path: str | Path, **kwargs): ...
+
+    def add_space_variable(self, repo_id: str, key: str, value: str, **kwargs): ...
+
+
+def upload(
+    api: HubApi,
+    model_dir: Path,
+    repo_id: str,
+    private: bool = False,
+    space_dir: Path | None = None,
+    space_id: str | None = None,
+) -> list[str]:
+    """Creates (or reuses) the repos and uploads the staged folders; returns the URLs."""
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=model_dir, repo_type="model", commit_message="Upload MODA")
+    urls = [f"https://huggingface.co/{repo_id}"]
+    if space_dir is not None and space_id is not None:
+        variable = {"key": "MODA_MODEL", "value": repo_id}
+        api.create_repo(
+            space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True, space_variables=[variable]
+        )
+        api.add_space_variable(space_id, "MODA_MODEL", repo_id)  # create_repo leaves an existing Space's alone
+        api.upload_folder(repo_id=space_id, folder_path=space_dir, repo_type="space", commit_message="Update MODA demo")
+        urls.append(f"https://huggingface.co/spaces/{space_id}")
+        if private:
+            logger.warning(f"{repo_id} is private: add an HF_TOKEN secret with read access to {space_id}")
+    return urls
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Stage, check and upload MODA and its Gradio Space to the Hub")
+    parser.add_argument("checkpoint", type=Path, help="a saved MODA folder (save_pretrained or Trainer output)")
+    parser.add_argument("--repo-id", required=True, help="model repo, USER/NAME")
+    parser.add_argument("--space-id", help="also create/update this Gradio Space, USER/NAME")
+    parser.add_argument("--private", action="store_true", help="create private repos")
+    parser.add_argument("--dry-run", type=Path, metavar="DIR", help="write DIR/model and DIR/space, check, stop")
+    parser.add_argument("--license", default="mit")
+    parser.add_argument("--dataset", action="append", default=[], help="Hub dataset id for the card (repeatable)")
+    parser.add_argument("--base-model", action="append", default=[], help="Hub id of a backbone (repeatable)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, api: HubApi | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for flag, repo in (("--repo-id", args.repo_id), ("--space-id", args.space_id)):
+        if repo is not None and not HUB_ID.match(repo):
+            raise SystemExit(f"{flag} must look like USER/NAME, got {repo!r}")
+    with tempfile.TemporaryDirectory(prefix="moda-stage-") as scratch:
+        root = args.dry_run or Path(scratch)
+        model_dir = stage_model(
+            args.checkpoint, root / "model", args.repo_id, args.license, args.dataset, args.base_model, args.space_id
+        )
+        space_dir = stage_space(root / "space", args.repo_id) if args.space_id else None
+        text = check_loads_in_clean_process(model_dir)
+        print(f"staged {model_dir}: loads in a clean process and generates {text!r}")
+        if args.dry_run:
+            print(f"dry run: nothing uploaded; staged folders are in {args.dry_run}")
+            return 0
+        for url in upload(api or HfApi(), model_dir, args.repo_id, args.private, space_dir, args.space_id):
+            print(f"uploaded {url}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,188 @@
+"""The Gradio Space (space/app.py), served as on a Space: a subprocess that cannot import this repository, with
+the tiny checkpoint as MODA_MODEL, called through gradio_client."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import os
+import socket
+import struct
+import subprocess
+import time
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from conftest import make_photo
+from push_to_hub import REPO_ROOT, clean_command, stage_space
+
+pytestmark = pytest.mark.slow
+
+APP = REPO_ROOT / "space" / "app.py"
+RUN_APP = "import runpy; runpy.run_path(sys.argv[1], run_name='__main__')"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_space(checkpoint: Path, workdir: Path, timeout: float = 180) -> Iterator[str]:
+    """Runs `MODA_MODEL=checkpoint python space/app.py` on a free localhost port; yields its URL."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "MODA_MODEL": str(checkpoint),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+    }
+    log = open(workdir / "app.log", "w")
+    process = subprocess.Popen(clean_command(RUN_APP, APP), cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the Space exited with {process.returncode}:\n{(workdir / 'app.log').read_text()}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(url, timeout=5).is_success:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the Space did not answer within {timeout} s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def space_url(tiny_checkpoint, tmp_path_factory) -> Iterator[str]:
+    with serve_space(tiny_checkpoint, tmp_path_factory.mktemp("space")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(space_url) -> Client:
+    return Client(space_url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def photo_files(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("photos")
+    paths = [folder / f"photo_{seed}.png" for seed in range(3)]
+    for seed, path in enumerate(paths):
+        make_photo(seed).save(path)
+    return paths
+
+
+def generate(model, processor, paths: list[Path], **kwargs) -> list[str]:
+    """What model.generate says for the files, one at a time."""
+    return [
+        processor.batch_decode(model.generate(**processor(images=str(path), return_tensors="pt"), **kwargs))[0]
+        for path in paths
+    ]
+
+
+def huge_png(path: Path, side: int = 40_000) -> Path:
+    """A valid PNG header announcing side x side pixels (a decompression bomb), a few bytes on disk."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    header = b"IHDR" + struct.pack(">II", side, side) + bytes(data[24:29])
+    data[12:29], data[29:33] = header, struct.pack(">I", zlib.crc32(header))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_describe_matches_generate(client, tiny_model, tiny_processor, photo_files):
+    expected = generate(tiny_model, tiny_processor, photo_files[:2], max_new_tokens=32)
+    assert expected[0] != expected[1], "the fixture model should tell these photos apart"
+    for path, text in zip(photo_files, expected):
+        description, took = client.predict(handle_file(str(path)), 32, 1, 0.0, api_name="/describe")
+        assert description == text
+        assert took.startswith("Described 1 image in ")
+
+
+def test_generation_settings_reach_generate(client, tiny_model, tiny_processor, photo_files):
+    (expected,) = generate(tiny_model, tiny_processor, photo_files[:1], max_new_tokens=5, num_beams=3)
+    description, _ = client.predict(handle_file(str(photo_files[0])), 5, 3, 0.0, api_name="/describe")
+    assert description == expected
+
+
+def test_batch_describes_good_files_and_reports_bad_ones(client, tiny_model, tiny_processor, photo_files, tmp_path):
+    bad = tmp_path / "notes.png"
+    bad.write_text("not a photo")
+    files = [handle_file(str(photo_files[0])), handle_file(str(bad)), handle_file(str(photo_files[2]))]
+    gallery, table, took = client.predict(files, 32, 1, 0.0, api_name="/describe_batch")
+
+    expected = generate(tiny_model, tiny_processor, [photo_files[0], photo_files[2]], max_new_tokens=32)
+    assert [item["caption"] for item in gallery] == expected
+    rows = {name: text for name, text in table["data"]}
+    assert rows["photo_0.png"] == expected[0] and rows["photo_2.png"] == expected[1]
+    assert rows["notes.png"].startswith("skipped: notes.png is not an image")
+    assert took.startswith("Described 2 images in ")
+
+
+def test_bad_uploads_give_errors_and_the_app_keeps_serving(client, tiny_model, tiny_processor, photo_files, tmp_path):
+    text_file = tmp_path / "text.png"
+    text_file.write_text("this is a text file")
+    empty = tmp_path / "empty.jpg"
+    empty.touch()
+    for path, message in [
+        (text_file, "text.png is not an image MODA can read"),
+        (empty, "empty.jpg is not an image MODA can read"),
+        (huge_png(tmp_path / "huge.png"), "huge.png has too many pixels"),
+    ]:
+        with pytest.raises(AppError, match=message):
+            client.predict(handle_file(str(path)), 32, 1, 0.0, api_name="/describe")
+    oversized = tmp_path / "oversized.jpg"
+    oversized.write_bytes(b"\xff" * (10 * 1024 * 1024 + 1))
+    with pytest.raises(ValueError, match="exceeds the maximum file size"):
+        client.predict(handle_file(str(oversized)), 32, 1, 0.0, api_name="/describe")
+
+    description, _ = client.predict(handle_file(str(photo_files[1])), 32, 1, 0.0, api_name="/describe")
+    assert description == generate(tiny_model, tiny_processor, photo_files[1:2], max_new_tokens=32)[0]
+
+
+def test_upload_limit_is_enforced_by_the_server(space_url, tmp_path):
+    """max_file_size is checked by the server too, not only by well-behaved clients."""
+    response = httpx.post(
+        f"{space_url}gradio_api/upload", files={"files": ("big.jpg", b"\xff" * (10 * 1024 * 1024 + 1))}, timeout=60
+    )
+    assert response.status_code == 413
+
+
+def load_app(folder: Path):
+    spec = importlib.util.spec_from_file_location("moda_space_app", folder / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_model_defaults_to_the_model_repo_the_staged_space_links(tmp_path, monkeypatch):
+    staged = load_app(stage_space(tmp_path / "space", "someone/moda"))
+    monkeypatch.delenv("MODA_MODEL", raising=False)
+    assert staged.model_id() == "someone/moda"
+    monkeypatch.setenv("MODA_MODEL", "/models/moda")
+    assert staged.model_id() == "/models/moda"
+
+    monkeypatch.delenv("MODA_MODEL")
+    with pytest.raises(SystemExit, match="Set MODA_MODEL"):
+        load_app(APP.parent).model_id()  # the repository's own space/ names no model
