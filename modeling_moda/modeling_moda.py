@@ -35,6 +35,7 @@ from .configuration_moda import MODAConfig
 logger = logging.get_logger(__name__)
 
 IMAGE_TOKEN = "<image>"
+DEFAULT_MAX_NEW_TOKENS = 32
 
 
 class MODAProjector(nn.Module):
@@ -102,6 +103,8 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         if config.freeze_vision:
             self.vision_tower.requires_grad_(False)
         self.post_init()
+        # MODA writes one sentence: this budget is the default for generate, the pipeline, the CLI and the Space
+        self.generation_config.max_new_tokens = DEFAULT_MAX_NEW_TOKENS
 
     @classmethod
     def from_backbones(
@@ -144,7 +147,6 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
             raise ValueError(f"{vision} lacks vision tower weights {missing[:5]} (+{max(len(missing) - 5, 0)} more)")
         model.vision_tower.load_state_dict(weights)
         model.language_model.load_state_dict(language_model.state_dict())
-        model.generation_config = language_model.generation_config
         return model.eval()  # like from_pretrained: dropout off until training asks for it
 
     def get_input_embeddings(self) -> nn.Module:

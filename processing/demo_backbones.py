@@ -105,7 +105,7 @@ def save_tiny_backbones(out_dir: str | Path, texts: Iterable[str], sizes: TinySi
             num_hidden_layers=sizes.text_layers,
             ffn_dim=4 * sizes.text_hidden,
             num_attention_heads=sizes.heads,
-            max_position_embeddings=128,
+            max_position_embeddings=256,
             bos_token_id=2,
             eos_token_id=2,
             pad_token_id=1,

@@ -1,0 +1,48 @@
+"""`moda describe`: batched, one line per image, survives unreadable files."""
+
+import csv
+import json
+
+from describe import main
+
+
+def write_photos(folder, photos):
+    folder.mkdir()
+    paths = []
+    for index, photo in enumerate(photos):
+        paths.append(folder / f"item{index}.png")
+        photo.save(paths[-1])
+    return paths
+
+
+def test_describes_a_folder_and_skips_a_corrupt_file(tmp_path, tiny_checkpoint, tiny_model, tiny_processor, photos):
+    paths = write_photos(tmp_path / "photos", photos)
+    corrupt = tmp_path / "photos" / "item1b.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    out = tmp_path / "results.jsonl"
+
+    assert main(["describe", str(tmp_path / "photos"), "--model", str(tiny_checkpoint), "--batch-size", "3",
+                 "--out", str(out), "--no-progress", "--max-new-tokens", "10"]) == 0
+
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["image"] for row in rows] == sorted(map(str, [*paths, corrupt]))
+    errors = [row for row in rows if "error" in row]
+    assert [row["image"] for row in errors] == [str(corrupt)] and "cannot read" in errors[0]["error"]
+
+    expected = tiny_processor.batch_decode(
+        tiny_model.generate(**tiny_processor(images=photos), max_new_tokens=10, do_sample=False))
+    described = {row["image"]: row["description"] for row in rows if "description" in row}
+    assert [described[str(path)] for path in paths] == expected
+
+
+def test_csv_output_and_explicit_files(tmp_path, tiny_checkpoint, photos):
+    paths = write_photos(tmp_path / "photos", photos[:2])
+    missing = tmp_path / "photos" / "gone.jpg"
+    out = tmp_path / "results.csv"
+    main(["describe", str(paths[1]), str(missing), str(paths[0]), "--model", str(tiny_checkpoint),
+          "--out", str(out), "--no-progress"])
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["image"] for row in rows] == [str(paths[1]), str(missing), str(paths[0])]
+    assert rows[1]["error"].startswith(f"{missing}: no such image file") and not rows[1]["description"]
+    assert rows[0]["description"] and not rows[0]["error"]
