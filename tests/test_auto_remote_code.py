@@ -3,34 +3,23 @@
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import torch
 from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
 
 from modeling_moda import MODAForConditionalGeneration
 from processing import MODAProcessor
+from push_to_hub import clean_command
 
-REPO = Path(__file__).resolve().parents[1]
-
-# Runs in a fresh interpreter that cannot import this repository: everything must come from the saved folder.
-CLEAN_PROCESS_GENERATE = """
-import importlib.abc, json, sys
-
-class BlockProjectPackages(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"modeling_moda", "processing", "describe", "metrics"}:
-            raise ImportError(f"{name} must not be importable here")
-
-sys.meta_path.insert(0, BlockProjectPackages())
-sys.path = [p for p in sys.path if p not in ("", ".", REPO)]
+# Runs after push_to_hub's import blocker, in an interpreter that cannot import this repository.
+GENERATE_TOKEN_IDS = """
 try:
     import modeling_moda
     sys.exit("modeling_moda was importable")
 except ImportError:
     pass
 
+import json
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
@@ -61,12 +50,10 @@ def test_clean_process_loads_with_remote_code_and_generates_identically(tiny_che
     for index, photo in enumerate(photos):
         image_paths.append(tmp_path / f"photo{index}.png")
         photo.save(image_paths[-1])
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")  # no stale copy of the code from an earlier run
-    env["HF_HUB_OFFLINE"] = "1"
-    script = CLEAN_PROCESS_GENERATE.replace("REPO", repr(str(REPO)))
-    result = subprocess.run([sys.executable, "-c", script, str(tiny_checkpoint), *map(str, image_paths)],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    # a fresh module cache: no copy of the code from an earlier run can satisfy the load
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    command = clean_command(GENERATE_TOKEN_IDS, tiny_checkpoint, *image_paths)
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert (loaded["model"], loaded["processor"]) == ("MODAForConditionalGeneration", "MODAProcessor")
