@@ -1,0 +1,265 @@
+"""Training data for MODA: load a catalogue as a `datasets.Dataset`, drop unusable rows, split it, batch it.
+
+Every source ends up with the same columns: ``image`` (`datasets.Image(decode=False)`: a path or bytes, opened
+only when needed), ``description`` and whatever catalogue columns it had (Colour, ProductType, Gender, Usage...).
+
+Sources (`load_fashion_dataset`):
+- the Kaggle layout: a folder with ``fashion.csv`` (images found relative to it, or by file name anywhere below it;
+  the caption comes from a ``description`` column or is built from the catalogue columns);
+- a CSV / JSONL file of image paths + descriptions (paths relative to the file);
+- an ``imagefolder`` with ``metadata.csv`` / ``metadata.jsonl``;
+- a `save_to_disk` folder (e.g. `processing.distill`'s output);
+- a Hub dataset id.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+from transformers.utils import logging
+
+from .catalog import product_noun
+from .processing_moda import MODAProcessor, load_rgb_image
+
+logger = logging.get_logger(__name__)
+
+IMAGE_COLUMNS = ("image", "Image", "image_path", "file_name", "path")
+TEXT_COLUMNS = ("description", "caption", "text")
+METADATA_COLUMNS = ("Colour", "ProductType", "Gender", "Usage")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+
+
+def load_fashion_dataset(source: str | Path, max_samples: int | None = None) -> datasets.Dataset:
+    """Loads any supported source (see the module docstring) with ``image`` and ``description`` columns."""
+    path = Path(source)
+    if path.is_dir() and (path / "fashion.csv").is_file():
+        dataset = _load_table(path / "fashion.csv")
+    elif path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
+        dataset = _flatten(datasets.load_from_disk(str(path)))
+    elif path.is_dir() and any((path / name).is_file() for name in ("metadata.csv", "metadata.jsonl")):
+        dataset = _flatten(datasets.load_dataset("imagefolder", data_dir=str(path)))
+    elif path.is_file() and path.suffix in (".csv", ".json", ".jsonl"):
+        dataset = _load_table(path)
+    elif path.exists():
+        raise ValueError(
+            f"{source}: expected a folder with fashion.csv, a save_to_disk folder, an imagefolder with "
+            "metadata.csv/.jsonl, or a .csv/.jsonl file"
+        )
+    else:
+        dataset = _flatten(datasets.load_dataset(str(source)))  # a Hub dataset id
+    dataset = _standard_columns(dataset, str(source))
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    return dataset
+
+
+def _flatten(loaded: datasets.Dataset | datasets.DatasetDict) -> datasets.Dataset:
+    """MODA makes its own seeded split, so a source's splits are pooled first."""
+    if isinstance(loaded, datasets.DatasetDict):
+        return datasets.concatenate_datasets(list(loaded.values()))
+    return loaded
+
+
+def _load_table(table: Path) -> datasets.Dataset:
+    """A CSV/JSONL of image paths; relative paths are resolved against the table's folder (or found by name)."""
+    builder = "csv" if table.suffix == ".csv" else "json"
+    dataset = datasets.load_dataset(builder, data_files=str(table), split="train")
+    image_column = next((name for name in IMAGE_COLUMNS if name in dataset.column_names), None)
+    if image_column is None:
+        raise ValueError(f"{table} has no image column (one of {IMAGE_COLUMNS})")
+    root = table.parent
+    by_name = _index_images(root) if _needs_index(dataset[image_column][:50], root) else {}
+    return dataset.map(
+        _resolve_image_path,
+        fn_kwargs={"column": image_column, "root": str(root), "by_name": by_name},
+        desc="Resolving image paths",
+    )
+
+
+def _needs_index(values: list[Any], root: Path) -> bool:
+    """Kaggle's CSV holds bare file names of images nested in category folders: those need a name index."""
+    return any(value and not (root / str(value)).is_file() for value in values)
+
+
+def _index_images(root: Path) -> dict[str, str]:
+    return {path.name: str(path) for path in root.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES}
+
+
+def _resolve_image_path(row: dict, column: str, root: str, by_name: dict[str, str]) -> dict:
+    value = row[column]
+    if value is None or not str(value).strip():
+        return {"image_file": None}
+    candidate = Path(root) / str(value)
+    if not candidate.is_file() and str(value) in by_name:
+        candidate = Path(by_name[str(value)])
+    return {"image_file": str(candidate)}
+
+
+def _standard_columns(dataset: datasets.Dataset, source: str) -> datasets.Dataset:
+    """Renames the image and text columns to ``image`` / ``description`` and stops images decoding eagerly."""
+    image_column = "image_file" if "image_file" in dataset.column_names else None
+    image_column = image_column or next((name for name in IMAGE_COLUMNS if name in dataset.column_names), None)
+    if image_column is None:
+        raise ValueError(f"{source} has no image column (one of {IMAGE_COLUMNS})")
+    if image_column == "image_file" and "Image" in dataset.column_names:
+        dataset = dataset.remove_columns("Image")  # the raw CSV value; image_file is its resolved path
+    if image_column != "image":
+        dataset = dataset.remove_columns([c for c in ("image",) if c in dataset.column_names])
+        dataset = dataset.rename_column(image_column, "image")
+    dataset = dataset.cast_column("image", datasets.Image(decode=False))
+
+    text_column = next((name for name in TEXT_COLUMNS if name in dataset.column_names), None)
+    if text_column is None and not set(METADATA_COLUMNS) <= set(dataset.column_names):
+        raise ValueError(f"{source} has neither a description column ({TEXT_COLUMNS}) nor {METADATA_COLUMNS}")
+    if text_column is not None and text_column != "description":
+        dataset = dataset.rename_column(text_column, "description")
+    if set(METADATA_COLUMNS) <= set(dataset.column_names):
+        dataset = dataset.map(_fill_description, desc="Captions from metadata")
+    return dataset
+
+
+def caption_from_metadata(row: dict) -> str:
+    """A plain caption for Kaggle rows that have no description: "A red women's dress, made for casual wear." """
+    return (
+        f"A {str(row['Colour']).lower()} {str(row['Gender']).lower()}'s {product_noun(str(row['ProductType']))}, "
+        f"made for {str(row['Usage']).lower()} wear."
+    )
+
+
+def _fill_description(row: dict) -> dict:
+    description = row.get("description")
+    if description is None or not str(description).strip():
+        description = caption_from_metadata(row)
+    return {"description": str(description)}
+
+
+def open_image(value: Any) -> Image.Image:
+    """Opens an ``image`` cell (path/bytes dict, path or PIL image) as RGB, or raises ValueError."""
+    if value is None:
+        raise ValueError("row has no image")
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            try:
+                return load_rgb_image(Image.open(io.BytesIO(value["bytes"])), name=value.get("path") or "image")
+            except OSError as error:
+                raise ValueError(f"cannot decode image bytes ({error})") from error
+        value = value.get("path")
+        if not value:
+            raise ValueError("row has no image")
+    return load_rgb_image(value, name=str(value) if not isinstance(value, Image.Image) else "image")
+
+
+def _problem(row: dict) -> dict:
+    """Why a row cannot be trained on ("" if it can): checked once, up front, so no epoch meets a bad image."""
+    if row["description"] is None or not str(row["description"]).strip():
+        return {"problem": "empty description"}
+    if row["image"] is None or not (row["image"].get("path") or row["image"].get("bytes")):
+        return {"problem": "no image"}
+    try:
+        open_image(row["image"])
+    except ValueError:
+        return {"problem": "missing or unreadable image"}
+    return {"problem": ""}
+
+
+def drop_unusable(dataset: datasets.Dataset) -> datasets.Dataset:
+    """Removes rows with an empty description or a missing/corrupt image, warning with counts per reason."""
+    checked = dataset.map(_problem, desc="Checking images and descriptions")
+    counts = Counter(problem for problem in checked["problem"] if problem)
+    if counts:
+        details = ", ".join(f"{count} {reason}" for reason, count in counts.most_common())
+        logger.warning(f"Skipping {sum(counts.values())} of {len(dataset)} rows: {details}")
+    kept = checked.filter(lambda problem: problem == "", input_columns="problem", desc="Dropping unusable rows")
+    if len(kept) == 0:
+        raise ValueError(f"no usable rows left out of {len(dataset)} ({dict(counts)}); check the image paths")
+    return kept.remove_columns("problem")
+
+
+def parse_holdout(spec: str | None) -> list[dict[str, str]]:
+    """``"Colour=Red,ProductType=Dresses;Colour=Blue,ProductType=Jeans"`` -> one dict per held-out combination."""
+    if not spec:
+        return []
+    combinations = []
+    for group in spec.split(";"):
+        pairs = [item.split("=", 1) for item in group.split(",") if item.strip()]
+        if not pairs or any(len(pair) != 2 for pair in pairs):
+            raise ValueError(f"holdout {group!r}: expected Column=Value pairs joined by commas")
+        combinations.append({key.strip(): value.strip() for key, value in pairs})
+    return combinations
+
+
+def _mark_held(row: dict, combinations: list[dict[str, str]]) -> dict:
+    return {"_held": any(all(str(row[key]) == value for key, value in c.items()) for c in combinations)}
+
+
+def split_dataset(
+    dataset: datasets.Dataset,
+    validation_size: float = 0.1,
+    test_size: float = 0.1,
+    seed: int = 42,
+    holdout: str | None = None,
+) -> datasets.DatasetDict:
+    """Seeded train / validation / test split; the test split is only scored at the end, never used to pick a model.
+
+    ``holdout`` (see `parse_holdout`) moves every row of the given attribute combinations (e.g. every red dress)
+    into a separate ``holdout`` split that training never sees: a test of generalization to new combinations.
+    """
+    splits = {}
+    combinations = parse_holdout(holdout)
+    if combinations:
+        missing = {key for combination in combinations for key in combination} - set(dataset.column_names)
+        if missing:
+            raise ValueError(f"holdout names columns the dataset lacks: {sorted(missing)}")
+        is_held = dataset.map(_mark_held, fn_kwargs={"combinations": combinations}, desc="Marking held-out rows")
+        splits["holdout"] = is_held.filter(lambda held: held, input_columns="_held").remove_columns("_held")
+        dataset = is_held.filter(lambda held: not held, input_columns="_held").remove_columns("_held")
+        logger.warning(f"Holding out {len(splits['holdout'])} rows of {combinations} for the generalization test")
+    if len(dataset) < 3:
+        raise ValueError(f"need at least 3 rows to split into train/validation/test, got {len(dataset)}")
+    first = dataset.train_test_split(test_size=test_size, seed=seed)
+    second = first["train"].train_test_split(test_size=validation_size / (1 - test_size), seed=seed)
+    return datasets.DatasetDict(train=second["train"], validation=second["test"], test=first["test"], **splits)
+
+
+@dataclass
+class MODACollator:
+    """Builds a training batch with the processor (EOS appended, loss only on description tokens).
+
+    Rows carrying cached ``image_embeds`` skip the images entirely: the vision tower does not run.
+    """
+
+    processor: MODAProcessor
+    max_length: int | None = None
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        texts = [row["description"] for row in rows]
+        if "image_embeds" in rows[0]:
+            batch = self.processor(text=texts, return_labels=True, max_length=self.max_length)
+            batch["image_embeds"] = stack_embeds(rows)
+        else:
+            images = [open_image(row["image"]) for row in rows]
+            batch = self.processor(images=images, text=texts, return_labels=True, max_length=self.max_length)
+        return dict(batch)
+
+
+def stack_embeds(rows: list[dict[str, Any]]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([np.asarray(row["image_embeds"], dtype=np.float32) for row in rows]))
+
+
+__all__ = [
+    "MODACollator",
+    "caption_from_metadata",
+    "drop_unusable",
+    "load_fashion_dataset",
+    "open_image",
+    "parse_holdout",
+    "split_dataset",
+]

@@ -1,0 +1,147 @@
+"""train_hf.py end to end on a tiny catalogue: outputs, feature cache, LoRA, resume, accelerate launch."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModel, AutoProcessor, CLIPVisionModelWithProjection
+
+import train_hf
+from processing.catalog import make_catalog
+from processing.data import open_image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory) -> Path:
+    return make_catalog(tmp_path_factory.mktemp("train_catalogue"), 40, seed=2, image_size=32).parent
+
+
+def _args(catalogue, backbones, output_dir, *extra) -> list[str]:
+    vision, text = backbones
+    return [
+        "--dataset", str(catalogue), "--vision_model", str(vision), "--text_model", str(text),
+        "--output_dir", str(output_dir), "--projector_hidden_size", "32", "--per_device_train_batch_size", "8",
+        "--gradient_accumulation_steps", "1", "--num_train_epochs", "1", "--generation_max_new_tokens", "8",
+        "--dataloader_pin_memory", "false", "--learning_rate", "5e-3", "--seed", "0", *extra,
+    ]
+
+
+def _samples(output_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (output_dir / "samples.jsonl").read_text().splitlines()]
+
+
+def _describe(model, processor, samples: list[dict]) -> list[str]:
+    inputs = processor(images=[open_image(sample["image"]) for sample in samples])
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    return processor.batch_decode(generated)
+
+
+def test_outputs_and_remote_code_checkpoint(catalogue, tiny_backbones, tmp_path):
+    out = tmp_path / "run"
+    metrics = train_hf.main(_args(catalogue, tiny_backbones, out, "--num_train_epochs", "2"))
+    for name in ("loss_curve.png", "metrics.json", "samples.jsonl", "model.safetensors", "modeling_moda.py"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["rows"] == {"train": 32, "validation": 4, "test": 4}
+    for key in ("test_loss", "bleu", "rougeL", "colour_and_type_accuracy", "contradiction_rate"):
+        assert key in saved["test"], key
+    assert "eval_loss" in saved["validation"] and saved["test"]["bleu"] == metrics["test"]["bleu"]
+
+    model = AutoModel.from_pretrained(out, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(out, trust_remote_code=True)
+    samples = _samples(out)
+    assert _describe(model, processor, samples) == [sample["generated"] for sample in samples]
+
+
+def test_cache_means_no_vision_forward_after_caching(catalogue, tiny_backbones, tmp_path, monkeypatch):
+    calls = {"preparing": 0, "training": 0}
+    phase = {"now": "preparing"}
+
+    def count(module, args, output):
+        if isinstance(module, CLIPVisionModelWithProjection):
+            calls[phase["now"]] += 1
+
+    original_train = train_hf.MODATrainer.train
+
+    def train(self, *args, **kwargs):
+        phase["now"] = "training"  # stays so through evaluation and test generation
+        return original_train(self, *args, **kwargs)
+
+    monkeypatch.setattr(train_hf.MODATrainer, "train", train)
+    handle = torch.nn.modules.module.register_module_forward_hook(count)
+    try:
+        fresh = make_catalog(tmp_path / "fresh", 20, seed=5, image_size=32).parent
+        train_hf.main(_args(fresh, tiny_backbones, tmp_path / "cached", "--num_train_epochs", "3"))
+        assert calls["preparing"] == 3 and calls["training"] == 0  # 16 + 2 + 2 rows: one batch per split
+
+        phase["now"] = "preparing"
+        train_hf.main(_args(fresh, tiny_backbones, tmp_path / "again", "--num_train_epochs", "2"))
+        assert calls["preparing"] == 3 and calls["training"] == 0  # the cache files of the first run are reused
+
+        phase["now"] = "preparing"
+        train_hf.main(_args(catalogue, tiny_backbones, tmp_path / "uncached", "--cache_image_embeds", "false"))
+        assert calls["training"] >= 5  # 4 training batches + validation + test: the hook does see the tower
+    finally:
+        handle.remove()
+
+
+def test_lora_trains_few_lm_parameters_and_reloads(catalogue, tiny_backbones, tmp_path):
+    out = tmp_path / "lora"
+    train_hf.main(_args(catalogue, tiny_backbones, out, "--lora", "--lora_r", "2", "--learning_rate", "2e-2"))
+    base = AutoModel.from_pretrained(out / "base_model", trust_remote_code=True)
+    lm_parameters = base.language_model.num_parameters()
+    model = PeftModel.from_pretrained(base, out)
+    lora = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
+    assert 0 < lora < 0.1 * lm_parameters
+    trained_projector = model.base_model.model.projector.modules_to_save["default"].linear_1.weight
+    assert not torch.equal(trained_projector, base.projector.original_module.linear_1.weight)
+
+    processor = AutoProcessor.from_pretrained(out, trust_remote_code=True)
+    samples = _samples(out)
+    assert _describe(model.eval(), processor, samples) == [sample["generated"] for sample in samples]
+
+    merged_out = tmp_path / "merged"
+    train_hf.main(_args(catalogue, tiny_backbones, merged_out, "--lora", "--lora_r", "2", "--merge_lora"))
+    merged = AutoModel.from_pretrained(merged_out, trust_remote_code=True)
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+    samples = _samples(merged_out)
+    assert _describe(merged, processor, samples) == [sample["generated"] for sample in samples]
+
+
+def test_resume_continues_from_last_checkpoint(catalogue, tiny_backbones, tmp_path, monkeypatch):
+    out = tmp_path / "resume"
+    steps = ["--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no", "--logging_steps", "1",
+             "--logging_strategy", "steps"]
+    train_hf.main(_args(catalogue, tiny_backbones, out, "--max_steps", "2", *steps))
+    assert (out / "checkpoint-2").is_dir()
+
+    taken = []
+    original_step = train_hf.MODATrainer.training_step
+    monkeypatch.setattr(
+        train_hf.MODATrainer, "training_step", lambda self, *a, **k: taken.append(1) or original_step(self, *a, **k)
+    )
+    train_hf.main(_args(catalogue, tiny_backbones, out, "--max_steps", "5", *steps))  # finds checkpoint-2 itself
+    assert len(taken) == 3
+    state = json.loads((out / "checkpoint-5" / "trainer_state.json").read_text())
+    assert state["global_step"] == 5
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4, 5]
+
+
+def test_accelerate_launch_two_cpu_processes(catalogue, tiny_backbones, tmp_path):
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(REPO / "train_hf.py"), *_args(catalogue, tiny_backbones, out, "--max_steps", "2")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text())["train"]["train_runtime"] > 0
+    assert (out / "model.safetensors").is_file()

@@ -1,0 +1,376 @@
+"""Train MODA with `Trainer`: the seed's recipe by default, a self-contained CPU demo with ``--demo``.
+
+    python train_hf.py --demo --output_dir outputs/demo                      # bundled catalogue, tiny MODA, CPU
+    python train_hf.py --dataset data/fashion --vision_model patrickjohncyh/fashion-clip \\
+        --text_model facebook/opt-125m --output_dir outputs/moda                # the seed's recipe
+    accelerate launch --cpu --num_processes 2 train_hf.py ...                  # data-parallel
+
+The seed's recipe: AdamW lr 1e-3, StepLR (every 2 epochs x 0.8), 20 epochs, batch 32 x 8 accumulation steps,
+vision tower frozen, projector + LM trained. Fixed here: targets end with the real EOS (not a literal "<\\s>"),
+batches pad with the pad id (1, not 0) and the loss skips image/BOS/pad positions, the loss is normalised over
+the accumulated tokens (Trainer's num_items_in_batch), the split is seeded with a separate test split, and the
+frozen vision tower runs once per image (feature cache), not every epoch.
+
+Writes to --output_dir: checkpoints (resumable), the final model + processor (`AutoModel.from_pretrained(dir,
+trust_remote_code=True)`), loss_curve.png, metrics.json and samples.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+from tqdm.auto import tqdm
+from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging
+
+import modeling_moda  # noqa: F401  (registers the "moda" Auto classes)
+from modeling_moda import MODAForConditionalGeneration
+from processing import MODAProcessor
+from processing.data import MODACollator, drop_unusable, load_fashion_dataset, open_image, split_dataset
+from processing.feature_cache import add_image_embeds, cached_embeds
+
+logger = logging.get_logger("moda.train")
+
+METADATA_COLUMNS = ("Colour", "ProductType", "Gender", "Usage")
+
+
+@dataclass
+class ModelArguments:
+    vision_model: str = field(
+        default="patrickjohncyh/fashion-clip", metadata={"help": "CLIP checkpoint (hub id or folder) for the tower"}
+    )
+    text_model: str = field(default="facebook/opt-125m", metadata={"help": "causal LM (hub id or folder)"})
+    image_features: str = field(default="pooled", metadata={"help": "'pooled' (1 image token) or 'patches'"})
+    freeze_vision: bool = field(default=True, metadata={"help": "keep the vision tower frozen (the seed's recipe)"})
+    projector_hidden_size: int = field(default=3072, metadata={"help": "projector width (the seed's 3072)"})
+    lora: bool = field(default=False, metadata={"help": "train LoRA adapters on the LM (projector fully trained)"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_target_modules: str = field(
+        default="q_proj,k_proj,v_proj,out_proj", metadata={"help": "comma-separated LM module names for LoRA"}
+    )
+    merge_lora: bool = field(default=False, metadata={"help": "save the LoRA-merged full model, not the adapter"})
+
+
+@dataclass
+class DataArguments:
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "Kaggle folder (fashion.csv), CSV/JSONL, imagefolder, save_to_disk folder or Hub id"},
+    )
+    demo: bool = field(default=False, metadata={"help": "generate the bundled catalogue and train a tiny MODA"})
+    demo_items: int = field(default=2400, metadata={"help": "catalogue items generated for --demo"})
+    demo_image_size: int = field(default=64, metadata={"help": "catalogue image side for --demo"})
+    validation_size: float = field(default=0.1, metadata={"help": "fraction for validation (loss every epoch)"})
+    test_size: float = field(default=0.1, metadata={"help": "fraction for the final test (never used to select)"})
+    holdout: str | None = field(
+        default=None, metadata={"help": "attribute combinations kept out of training, e.g. 'Colour=Red,ProductType=Dresses'"}
+    )
+    max_samples: int | None = field(default=None, metadata={"help": "use only the first N rows (quick runs)"})
+    max_length: int | None = field(default=64, metadata={"help": "description tokens kept per row (EOS included)"})
+    cache_image_embeds: bool = field(
+        default=True, metadata={"help": "compute frozen image embeddings once (off when the tower trains)"}
+    )
+    embed_batch_size: int = field(default=64, metadata={"help": "batch size for the feature cache"})
+    generation_max_new_tokens: int = field(default=40, metadata={"help": "max tokens for the test descriptions"})
+    generation_batch_size: int = field(default=64, metadata={"help": "batch size for the test descriptions"})
+    num_samples: int = field(default=20, metadata={"help": "test descriptions written to samples.jsonl"})
+
+
+@dataclass
+class MODATrainingArguments(TrainingArguments):
+    """TrainingArguments whose defaults are the seed's recipe, plus its StepLR schedule."""
+
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate (the seed's 1e-3)"})
+    num_train_epochs: float = field(default=20.0, metadata={"help": "epochs (the seed's 20)"})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "batch size (the seed's 32)"})
+    per_device_eval_batch_size: int = field(default=32, metadata={"help": "validation batch size"})
+    gradient_accumulation_steps: int = field(default=8, metadata={"help": "accumulation steps (the seed's 8)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (torch's AdamW default)"})
+    lr_step_epochs: float = field(
+        default=2.0, metadata={"help": "StepLR: multiply the lr by lr_step_gamma every this many epochs; 0 = use lr_scheduler_type"}
+    )
+    lr_step_gamma: float = field(default=0.8, metadata={"help": "StepLR decay factor"})
+    eval_strategy: str = field(default="epoch", metadata={"help": "validation loss every epoch"})
+    save_strategy: str = field(default="epoch", metadata={"help": "checkpoint every epoch"})
+    logging_strategy: str = field(default="epoch", metadata={"help": "train loss every epoch"})
+    save_total_limit: int | None = field(default=2, metadata={"help": "checkpoints kept"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "the collator needs image/description"})
+    dataloader_num_workers: int = field(default=0, metadata={"help": "dataloader worker processes"})
+
+
+# --demo: what the tiny model on the bundled catalogue needs (each is still overridable on the command line).
+DEMO_DEFAULTS = {
+    "image_features": "patches",
+    "projector_hidden_size": 256,
+    "learning_rate": 2e-3,
+    "num_train_epochs": 12,
+    "per_device_train_batch_size": 32,
+    "gradient_accumulation_steps": 1,
+    "lr_step_epochs": 3.0,
+    "lr_step_gamma": 0.6,
+    "warmup_steps": 30,
+    "max_length": 40,
+    "save_total_limit": 1,
+}
+DEMO_SIZES = {
+    "image_size": 64,
+    "patch_size": 8,
+    "vision_hidden": 64,
+    "vision_layers": 2,
+    "projection_dim": 64,
+    "text_hidden": 96,
+    "text_layers": 2,
+    "heads": 4,
+    "vocab_size": 400,
+}
+
+
+class MODATrainer(Trainer):
+    """Trainer with the seed's StepLR schedule (stepped per optimizer update, so it resumes exactly)."""
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if self.args.lr_step_epochs <= 0 or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        batches = math.ceil(len(self.train_dataset) / (self.args.per_device_train_batch_size * self.args.world_size))
+        updates_per_epoch = max(1, batches // self.args.gradient_accumulation_steps)
+        step_size = max(1, round(self.args.lr_step_epochs * updates_per_epoch))
+        warmup = self.args.get_warmup_steps(num_training_steps)
+        gamma = self.args.lr_step_gamma
+
+        def factor(step: int) -> float:
+            return min(1.0, (step + 1) / warmup) * gamma ** (step // step_size) if warmup else gamma ** (step // step_size)
+
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, MODATrainingArguments]:
+    parser = HfArgumentParser((ModelArguments, DataArguments, MODATrainingArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    if "--demo" in argv:
+        parser.set_defaults(**DEMO_DEFAULTS)
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def prepare_demo(data_args: DataArguments, model_args: ModelArguments, output_dir: Path) -> None:
+    """Draws the bundled catalogue and saves tiny random backbones (a BPE tokenizer trained on its captions)."""
+    from processing.catalog import make_catalog
+    from processing.demo_backbones import TinySizes, save_tiny_backbones
+
+    catalogue = output_dir / "catalog"
+    if not (catalogue / "fashion.csv").is_file():
+        make_catalog(catalogue, data_args.demo_items, seed=0, image_size=data_args.demo_image_size)
+    backbones = output_dir / "backbones"
+    if not (backbones / "text" / "tokenizer.json").is_file():
+        descriptions = load_fashion_dataset(catalogue)["description"]
+        save_tiny_backbones(backbones, descriptions, TinySizes(**DEMO_SIZES))
+    data_args.dataset = str(catalogue)
+    model_args.vision_model, model_args.text_model = str(backbones / "vision"), str(backbones / "text")
+
+
+def build_model(model_args: ModelArguments) -> tuple[MODAForConditionalGeneration, MODAProcessor]:
+    model = MODAForConditionalGeneration.from_backbones(
+        model_args.vision_model,
+        model_args.text_model,
+        image_features=model_args.image_features,
+        freeze_vision=model_args.freeze_vision,
+        projector_hidden_size=model_args.projector_hidden_size,
+    )
+    processor = MODAProcessor.from_backbones(
+        model_args.vision_model, model_args.text_model, num_image_tokens=model.config.num_image_tokens
+    )
+    return model, processor
+
+
+def add_lora(model: MODAForConditionalGeneration, model_args: ModelArguments):
+    """LoRA on the LM's attention projections; the projector is trained in full (saved with the adapter)."""
+    from peft import LoraConfig, get_peft_model
+
+    names = "|".join(name.strip() for name in model_args.lora_target_modules.split(","))
+    config = LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=rf".*language_model\..*\.({names})",
+        modules_to_save=["projector"],
+    )
+    return get_peft_model(model, config)
+
+
+def prepare_data(
+    data_args: DataArguments, training_args: MODATrainingArguments, model, processor, use_cache: bool
+) -> datasets.DatasetDict:
+    """Load, drop bad rows, split, and (with a frozen tower) cache image embeddings; main process first."""
+    with training_args.main_process_first(desc="dataset preparation"):
+        dataset = drop_unusable(load_fashion_dataset(data_args.dataset, data_args.max_samples))
+        splits = split_dataset(
+            dataset, data_args.validation_size, data_args.test_size, training_args.seed, data_args.holdout
+        )
+        if use_cache:
+            splits = add_image_embeds(splits, model, processor, data_args.embed_batch_size)
+            splits = splits.with_format("numpy", columns=["image_embeds"], output_all_columns=True)
+    logger.warning(", ".join(f"{name}: {len(split)} rows" for name, split in splits.items()))
+    return splits
+
+
+@torch.inference_mode()
+def generate_descriptions(model, processor, dataset: datasets.Dataset, data_args: DataArguments) -> list[str]:
+    """Greedy descriptions for every row, from cached embeddings when present (the tower then never runs)."""
+    model.eval()
+    descriptions = []
+    for start in tqdm(range(0, len(dataset), data_args.generation_batch_size), desc="Describing test images"):
+        rows = dataset[start : start + data_args.generation_batch_size]
+        if "image_embeds" in rows:
+            inputs = processor(text=[""] * len(rows["description"]))
+            inputs["image_embeds"] = cached_embeds(rows)
+        else:
+            inputs = processor(images=[open_image(value) for value in rows["image"]])
+        generated = model.generate(
+            **inputs.to(model.device), max_new_tokens=data_args.generation_max_new_tokens, do_sample=False
+        )
+        descriptions.extend(processor.batch_decode(generated, skip_special_tokens=True))
+    return descriptions
+
+
+def score_descriptions(predictions: list[str], dataset: datasets.Dataset) -> dict[str, float]:
+    """BLEU, ROUGE-L and, when the catalogue columns exist, fashion-attribute consistency."""
+    from metrics import load_metric
+
+    references = dataset["description"]
+    scores = {
+        "bleu": load_metric("bleu").compute(predictions=predictions, references=references)["bleu"],
+        "rougeL": load_metric("rouge").compute(predictions=predictions, references=references)["rougeL"],
+    }
+    if set(METADATA_COLUMNS) <= set(dataset.column_names):
+        attribute_refs = [{name: str(dataset[name][i] or "") for name in METADATA_COLUMNS} for i in range(len(dataset))]
+        scores.update(load_metric("fashion_attributes").compute(predictions=predictions, references=attribute_refs))
+    return scores
+
+
+def plot_loss_curve(log_history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(entry["epoch"], entry["loss"]) for entry in log_history if "loss" in entry]
+    validation = [(entry["epoch"], entry["eval_loss"]) for entry in log_history if "eval_loss" in entry]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for points, label in ((train, "train"), (validation, "validation")):
+        if points:
+            axis.plot(*zip(*points), marker="o", label=label)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("loss (cross-entropy per description token)")
+    axis.set_title("MODA training")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def save_final(trainer: Trainer, model, processor, model_args: ModelArguments, output_dir: Path):
+    """Saves model + processor (a LoRA run: its adapter, or with --merge_lora the merged model); returns the model."""
+    if model_args.lora and model_args.merge_lora:
+        model = model.merge_and_unload()
+        if trainer.is_world_process_zero():
+            model.save_pretrained(output_dir)
+    else:
+        trainer.save_model(str(output_dir))
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(output_dir)
+    return model
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, training_args = parse_args(argv)
+    output_dir = Path(training_args.output_dir)
+    set_seed(training_args.seed)
+    if data_args.demo:
+        with training_args.main_process_first(desc="demo catalogue"):
+            prepare_demo(data_args, model_args, output_dir)
+    if data_args.dataset is None:
+        raise ValueError("pass --dataset (a catalogue folder, file or Hub id) or --demo")
+
+    last_checkpoint = training_args.resume_from_checkpoint
+    if last_checkpoint is None and output_dir.is_dir():
+        last_checkpoint = get_last_checkpoint(str(output_dir))
+        if last_checkpoint:
+            logger.warning(f"Resuming from {last_checkpoint} (found in --output_dir)")
+
+    model, processor = build_model(model_args)
+    use_cache = data_args.cache_image_embeds and model_args.freeze_vision
+    if data_args.cache_image_embeds and not use_cache:
+        logger.warning("The vision tower trains, so its embeddings change: image embedding cache disabled")
+    splits = prepare_data(data_args, training_args, model, processor, use_cache)
+
+    if model_args.lora:
+        if training_args.process_index == 0:
+            model.save_pretrained(output_dir / "base_model")  # what the adapter applies to
+            processor.save_pretrained(output_dir / "base_model")
+        model = add_lora(model, model_args)
+        model.peft_config["default"].base_model_name_or_path = str((output_dir / "base_model").resolve())
+        model.print_trainable_parameters()
+
+    trainer = MODATrainer(
+        model=model,
+        args=training_args,
+        train_dataset=splits["train"],
+        eval_dataset=splits["validation"],
+        data_collator=MODACollator(processor, data_args.max_length),
+        processing_class=processor,
+    )
+    train_result = trainer.train(resume_from_checkpoint=last_checkpoint)
+    metrics = {
+        "rows": {name: len(split) for name, split in splits.items()},
+        "train": train_result.metrics,
+        "validation": trainer.evaluate(),
+        "test": trainer.evaluate(splits["test"], metric_key_prefix="test"),
+    }
+    model = save_final(trainer, model, processor, model_args, output_dir)
+    if trainer.is_world_process_zero():
+        for name in ("test", "holdout"):
+            if name in splits and len(splits[name]):
+                predictions = generate_descriptions(model, processor, splits[name], data_args)
+                metrics.setdefault(name, {}).update(score_descriptions(predictions, splits[name]))
+                if name == "test":
+                    write_samples(predictions, splits[name], data_args.num_samples, output_dir / "samples.jsonl")
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+        plot_loss_curve(trainer.state.log_history, output_dir / "loss_curve.png")
+        report(metrics, output_dir)
+    return metrics
+
+
+def write_samples(predictions: list[str], dataset: datasets.Dataset, count: int, path: Path) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for index, prediction in enumerate(predictions[:count]):
+            source = dataset[index]
+            row = {"image": (source["image"] or {}).get("path")}
+            row.update({name: source[name] for name in METADATA_COLUMNS if name in dataset.column_names})
+            row.update(reference=source["description"], generated=prediction)
+            handle.write(json.dumps(row) + "\n")
+
+
+def report(metrics: dict, output_dir: Path) -> None:
+    test = metrics["test"]
+    print(f"test loss {test['test_loss']:.4f}  BLEU {test['bleu']:.3f}  ROUGE-L {test['rougeL']:.3f}")
+    if "colour_and_type_accuracy" in test:
+        print(
+            f"held-out test items named with the right Colour and ProductType: {test['colour_and_type_accuracy']:.1%} "
+            f"(colour {test['colour_accuracy']:.1%}, type {test['product_type_accuracy']:.1%}, "
+            f"contradictions {test['contradiction_rate']:.1%})"
+        )
+    print(f"model, processor, metrics.json, loss_curve.png and samples.jsonl are in {output_dir}")
+
+
+if __name__ == "__main__":
+    main()
