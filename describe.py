@@ -23,6 +23,7 @@ from transformers.utils import logging
 
 import modeling_moda  # noqa: F401  (registers the "moda" Auto classes)
 import processing  # noqa: F401  (registers MODAProcessor with AutoProcessor)
+from modeling_moda.fast_inference import optimize_for_cpu
 from processing.processing_moda import load_rgb_image
 
 logger = logging.get_logger("moda.describe")
@@ -98,9 +99,26 @@ def write_results(rows: Iterable[dict], out: Path | None) -> tuple[int, int]:
     return described, failed
 
 
-def load_model(path: str, dtype: str = "float32"):
-    """Model + processor from a local folder or hub id (MODA code comes from this package or the folder)."""
-    model = AutoModel.from_pretrained(path, dtype=getattr(torch, dtype), trust_remote_code=True).eval()
+# int8 is the fastest CPU path measured (benchmarks/inference.py); "none" keeps the checkpoint's fp32 numerics.
+FAST_MODES = ("int8", "bf16", "none")
+DEFAULT_FAST = "int8"
+
+
+def load_model(path: str, dtype: str = "float32", fast: str = "none"):
+    """Model + processor from a local folder or hub id (MODA code comes from this package or the folder).
+
+    `fast="int8"` quantizes the decoder and LM head (see `modeling_moda.fast_inference`); `fast="bf16"` loads
+    bf16 weights. Both are CPU inference paths.
+    """
+    if fast not in FAST_MODES:
+        raise ValueError(f"fast must be one of {FAST_MODES}, got {fast!r}")
+    if fast == "int8" and dtype != "float32":
+        raise ValueError(f"fast='int8' quantizes float32 weights; got dtype={dtype!r}")
+    model = AutoModel.from_pretrained(
+        path, dtype=torch.bfloat16 if fast == "bf16" else getattr(torch, dtype), trust_remote_code=True
+    ).eval()
+    if fast == "int8":
+        model = optimize_for_cpu(model, "int8")
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
     return model, processor
 
@@ -115,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("--max-new-tokens", type=int, default=32)
     describe.add_argument("--num-beams", type=int, default=1)
     describe.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    describe.add_argument(
+        "--fast",
+        default=DEFAULT_FAST,
+        choices=FAST_MODES,
+        help=f"CPU speed-up: int8 (quantized decoder, fastest), bf16 weights, or none (default: {DEFAULT_FAST})",
+    )
+    describe.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
     describe.add_argument("--out", type=Path, help="results file: .jsonl (default format) or .csv; stdout if absent")
     describe.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
@@ -127,7 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = find_images(args.images)
     if not paths:
         raise SystemExit(f"no images found in {' '.join(args.images)}")
-    model, processor = load_model(args.model, args.dtype)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit("--threads must be at least 1")
+        torch.set_num_threads(args.threads)
+    fast = "none" if args.dtype != "float32" else args.fast  # an explicit --dtype asks for plain weights
+    model, processor = load_model(args.model, args.dtype, fast)
     rows = describe_files(
         model,
         processor,

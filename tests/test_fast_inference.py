@@ -1,0 +1,118 @@
+"""optimize_for_cpu: int8 / bf16 descriptions measured against fp32 greedy, and the untied, quantized LM head.
+
+Agreement is measured on the sharpened tiny model over 24 photos. Its logits are nearly tied (median top-1/top-2
+margin about 0.4 against int8 logit errors up to about 1.5), so whole descriptions diverge after the first
+near-tie. Measured here (2-core AVX2 CPU): int8 14/24 identical 8-token descriptions (58%) and 89% identical next
+tokens under teacher forcing; bf16 20/24 (83%) and 97%. The thresholds sit below those (kernels differ a little
+between CPUs); they catch a broken path, and they are not the >= 95% goal, which this tiny model does not meet.
+"""
+
+import copy
+import json
+
+import pytest
+import torch
+from conftest import make_photo
+
+from describe import load_model, main
+from modeling_moda import optimize_for_cpu
+from modeling_moda.fast_inference import untie_lm_head
+
+NEW_TOKENS = 8
+
+
+@pytest.fixture(scope="module")
+def agreement_inputs(tiny_processor):
+    return tiny_processor(images=[make_photo(seed) for seed in range(24)])
+
+
+@pytest.fixture(scope="module")
+def fp32_tokens(tiny_model, agreement_inputs) -> torch.Tensor:
+    with torch.inference_mode():
+        return tiny_model.generate(**agreement_inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+
+
+def agreement(model, inputs, reference: torch.Tensor) -> tuple[float, float]:
+    """(share of identical greedy descriptions, share of identical next tokens with the fp32 text fed in)."""
+    pixel_values = inputs["pixel_values"].to(model.dtype)
+    with torch.inference_mode():
+        generated = model.generate(**{**inputs, "pixel_values": pixel_values}, max_new_tokens=NEW_TOKENS, do_sample=False)
+        logits = model(input_ids=reference, attention_mask=torch.ones_like(reference), pixel_values=pixel_values).logits
+    same_descriptions = (generated == reference).all(dim=1).float().mean().item()
+    prompt_length = inputs["input_ids"].shape[1]
+    next_tokens = logits[:, prompt_length - 1 : -1].argmax(-1)
+    same_tokens = (next_tokens == reference[:, prompt_length:]).float().mean().item()
+    return same_descriptions, same_tokens
+
+
+@pytest.mark.parametrize(
+    "mode, min_descriptions, min_tokens",
+    [("int8", 0.4, 0.8), ("bf16", 0.6, 0.9)],
+)
+def test_fast_descriptions_agree_with_fp32_greedy(
+    tiny_model, agreement_inputs, fp32_tokens, mode, min_descriptions, min_tokens
+):
+    fast = optimize_for_cpu(copy.deepcopy(tiny_model), mode)
+    same_descriptions, same_tokens = agreement(fast, agreement_inputs, fp32_tokens)
+    print(f"{mode}: {same_descriptions:.0%} identical descriptions, {same_tokens:.0%} identical next tokens")
+    assert same_descriptions >= min_descriptions
+    assert same_tokens >= min_tokens
+
+
+def test_fp32_mode_is_exact(tiny_model, agreement_inputs, fp32_tokens):
+    assert agreement(optimize_for_cpu(copy.deepcopy(tiny_model), "fp32"), agreement_inputs, fp32_tokens) == (1.0, 1.0)
+
+
+def test_int8_unties_and_quantizes_only_the_head(tiny_model):
+    model = optimize_for_cpu(copy.deepcopy(tiny_model), "int8")
+    embedding = model.get_input_embeddings()
+    assert isinstance(embedding, torch.nn.Embedding)
+    torch.testing.assert_close(embedding.weight, tiny_model.get_input_embeddings().weight, rtol=0, atol=0)
+    assert isinstance(model.language_model.lm_head, torch.ao.nn.quantized.dynamic.Linear)
+    assert model.config.text_config.tie_word_embeddings is False
+    assert model.language_model.config.tie_word_embeddings is False
+    assert isinstance(model.projector.linear_1, torch.nn.Linear)  # runs once per image: stays fp32
+    assert not isinstance(model.vision_tower.vision_model.encoder.layers[0].mlp.fc1, torch.ao.nn.quantized.dynamic.Linear)
+    # the session's fp32 model is untouched: its head still shares the embedding
+    assert tiny_model.get_output_embeddings().weight.data_ptr() == tiny_model.get_input_embeddings().weight.data_ptr()
+
+
+def test_untie_copies_the_shared_weight(tiny_model):
+    model = untie_lm_head(copy.deepcopy(tiny_model))
+    head, embedding = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    assert head.data_ptr() != embedding.data_ptr()
+    torch.testing.assert_close(head, embedding, rtol=0, atol=0)
+
+
+def test_quantize_vision_generates(tiny_model, tiny_processor, photos):
+    model = optimize_for_cpu(copy.deepcopy(tiny_model), "int8", quantize_vision=True)
+    assert isinstance(model.vision_tower.vision_model.encoder.layers[0].mlp.fc1, torch.ao.nn.quantized.dynamic.Linear)
+    with torch.inference_mode():
+        generated = model.generate(**tiny_processor(images=photos), max_new_tokens=4, min_new_tokens=4)
+    assert generated.shape == (len(photos), 2 + 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"mode": "int4"}, "mode must be one of"), ({"mode": "bf16", "quantize_vision": True}, "applies to mode='int8' only")],
+)
+def test_bad_options_are_refused(tiny_model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        optimize_for_cpu(copy.deepcopy(tiny_model), **kwargs)
+
+
+def test_describe_cli_fast_paths(tiny_checkpoint, tmp_path, photos):
+    model, _ = load_model(str(tiny_checkpoint), fast="int8")
+    assert isinstance(model.language_model.lm_head, torch.ao.nn.quantized.dynamic.Linear)
+    assert load_model(str(tiny_checkpoint), fast="bf16")[0].dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="float32"):
+        load_model(str(tiny_checkpoint), dtype="bfloat16", fast="int8")
+    for index, photo in enumerate(photos):
+        photo.save(tmp_path / f"{index}.png")
+    out = tmp_path / "out.jsonl"
+    argv = ["describe", str(tmp_path), "--model", str(tiny_checkpoint), "--max-new-tokens", "4", "--no-progress"]
+    with pytest.raises(SystemExit, match="--threads"):
+        main([*argv, "--threads", "0"])
+    assert main([*argv, "--fast", "int8", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == len(photos) and all("description" in row for row in rows)
