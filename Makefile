@@ -12,4 +12,5 @@ demo: install
 	$(PYTHON) train_hf.py --demo --output_dir outputs/demo
 
 test: install
+	test -x /usr/bin/chromium || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium)
 	$(PYTHON) -m pytest -q

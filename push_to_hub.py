@@ -41,6 +41,10 @@ SEED_BASE_MODELS = {"vision": "patrickjohncyh/fashion-clip", "text": "facebook/o
 PROJECT_MODULES = ("modeling_moda", "processing", "metrics", "describe", "train_hf", "push_to_hub")
 # Trainer bookkeeping that is not a score of the model.
 NOT_SCORES = ("runtime", "samples_per_second", "steps_per_second", "epoch", "step", "total_flos")
+SCORE_SECTIONS = ("test", "validation", "eval", "results")
+BATCH_KEY = re.compile(r"images_per_s_batch(\d+)$")
+# What `benchmarks/inference.py --json` writes, used for the card's CPU latency table unless --benchmark says.
+DEFAULT_BENCHMARKS = REPO_ROOT / "benchmarks" / "results"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # Runs first in the clean process: the repository is neither on sys.path nor importable by any finder (an
@@ -99,28 +103,68 @@ def find_run_file(checkpoint: Path, name: str) -> Path | None:
     return next((path for path in (checkpoint / name, checkpoint.parent / name) if path.is_file()), None)
 
 
-def read_metrics(checkpoint: Path) -> dict[str, float]:
-    """The run's metrics.json as flat `{name: number}` (one nesting level is joined with `_`)."""
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_metrics(checkpoint: Path) -> dict[str, dict[str, float]]:
+    """The run's metrics.json as `{section: {name: number}}`.
+
+    train_hf.py writes sections (`rows`, `train`, `validation`, `test`, `holdout`); a flat file of Trainer
+    metrics (`eval_bleu`, `train_loss` ...) becomes the one section `results`.
+    """
     path = find_run_file(checkpoint, "metrics.json")
     if path is None:
         return {}
-    flat: dict[str, float] = {}
-    for key, value in json.loads(path.read_text()).items():
-        items = value.items() if isinstance(value, dict) else [(None, value)]
-        for sub_key, number in items:
-            if isinstance(number, (int, float)) and not isinstance(number, bool):
-                flat[f"{key}_{sub_key}" if sub_key else key] = number
-    return flat
+    raw = json.loads(path.read_text())
+    sections = {"results": {key: value for key, value in raw.items() if is_number(value)}}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            sections[key] = {name: number for name, number in value.items() if is_number(number)}
+    return {section: numbers for section, numbers in sections.items() if numbers}
 
 
-def evaluation_scores(metrics: dict[str, float]) -> dict[str, float]:
-    """`eval_*` / `test_*` scores by bare name (bleu, rouge1, attribute_accuracy, loss ...), bookkeeping dropped."""
-    scores = {}
-    for key, value in metrics.items():
-        prefix, _, name = key.partition("_")
-        if prefix in ("eval", "test") and name and not name.endswith(NOT_SCORES):
-            scores[name] = value
-    return scores
+def evaluation_scores(metrics: dict[str, dict[str, float]]) -> tuple[str | None, dict[str, float]]:
+    """The held-out scores for the model index: (split, {bleu, rougeL, loss, ...}), Trainer bookkeeping dropped.
+
+    The test split is preferred over validation; in a flat file only `eval_*` / `test_*` entries count.
+    """
+    for section in SCORE_SECTIONS:
+        scores = {}
+        for key, value in metrics.get(section, {}).items():
+            prefix, _, rest = key.partition("_")
+            if section == "results" and prefix not in ("eval", "test"):
+                continue
+            name = rest if prefix in ("eval", "test") else key
+            if name and not name.endswith(NOT_SCORES):
+                scores[name] = value
+        if scores:
+            return (None if section == "results" else section), scores
+    return None, {}
+
+
+def hub_metric_ids(scores: dict[str, float]) -> list[str]:
+    """The `evaluate` metric ids behind the score names, for the card's `metrics:` field."""
+    kinds = ("bleu", "rouge")
+    return sorted({next((k for k in kinds if k in name), "accuracy") for name in scores if name != "loss"})
+
+
+def benchmark_table(path: Path) -> str:
+    """The latency table of a `benchmarks/inference.py --json` report (what the card shows as CPU latency)."""
+    report = json.loads(path.read_text())
+    results, machine = report["results"], report.get("machine", {})
+    batches = sorted({int(found[1]) for result in results.values() for found in map(BATCH_KEY.match, result) if found})
+    headers = ["variant", "1 image (s)", *(f"images/s, batch {batch}" for batch in batches), "peak memory (MB)"]
+    lines = [f"| {' | '.join(headers)} |", "|" + "---|" * len(headers)]
+    for name, result in results.items():
+        throughput = [f"{result[f'images_per_s_batch{batch}']:.2f}" for batch in batches]
+        cells = [name, f"{result['latency_s']:.3f}", *throughput, f"{result['peak_memory_mb']:.0f}"]
+        lines.append(f"| {' | '.join(cells)} |")
+    where = f"{machine.get('cpu', 'CPU')}, {machine.get('torch_threads', '?')} threads"
+    return (
+        f"Real-size MODA, {report.get('new_tokens', '?')} new tokens, greedy; {where}. "
+        f"Measured with `{report.get('command', 'python benchmarks/inference.py')}`.\n\n" + "\n".join(lines)
+    )
 
 
 def base_models(model: MODAForConditionalGeneration) -> list[str]:
@@ -141,21 +185,21 @@ class CardInputs:
     num_parameters: int
     base_models: list[str]
     datasets: list[str] = field(default_factory=list)
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     loss_curve: str | None = None
     benchmarks: list[str] = field(default_factory=list)
     space_id: str | None = None
 
 
 def card_metadata(inputs: CardInputs) -> ModelCardData:
-    scores = evaluation_scores(inputs.metrics)
+    split, scores = evaluation_scores(inputs.metrics)
     dataset = inputs.datasets[0] if inputs.datasets else "custom"
     return ModelCardData(
         library_name="transformers",
         pipeline_tag="image-text-to-text",
         base_model=inputs.base_models,
         datasets=inputs.datasets or None,
-        metrics=sorted(name for name in scores if name != "loss") or None,
+        metrics=hub_metric_ids(scores) or None,
         license=inputs.license,
         language=["en"],
         tags=["moda", "fashion", "image-captioning", "vision-language", "custom_code"],
@@ -164,7 +208,8 @@ def card_metadata(inputs: CardInputs) -> ModelCardData:
             EvalResult(
                 task_type="image-text-to-text",
                 dataset_type=dataset,
-                dataset_name=f"{dataset} (held-out split)",
+                dataset_name=f"{dataset} ({split or 'held-out'} split)",
+                dataset_split=split,
                 metric_type=name,
                 metric_value=value,
             )
@@ -176,6 +221,7 @@ def card_metadata(inputs: CardInputs) -> ModelCardData:
 
 def card_body(inputs: CardInputs) -> str:
     repo_id, name = inputs.repo_id, inputs.repo_id.split("/")[-1]
+    backbones = ", ".join(f"[{model}](https://huggingface.co/{model})" for model in inputs.base_models)
     sections = [
         f"# {name}: MODA, the Multimodal Object Description Assistant",
         textwrap.dedent(
@@ -186,7 +232,7 @@ def card_body(inputs: CardInputs) -> str:
             It is a small vision-language model ({inputs.num_parameters / 1e6:.2f}M parameters) that runs well on
             a laptop CPU: a frozen CLIP vision tower (FashionCLIP, ViT-B/32) turns the photo into one pooled
             embedding, a two-layer MLP projector maps it into the token space of an OPT decoder, and the decoder
-            writes the description. Built from: {", ".join(f"[{m}](https://huggingface.co/{m})" for m in inputs.base_models)}."""
+            writes the description. Built from: {backbones}."""
         ),
         "## How to use",
         textwrap.dedent(
@@ -235,8 +281,12 @@ def card_body(inputs: CardInputs) -> str:
     if inputs.loss_curve:
         sections.append(f"![Training and evaluation loss]({inputs.loss_curve})")
     if inputs.metrics:
-        rows = "\n".join(f"| {key} | {value:.4g} |" for key, value in sorted(inputs.metrics.items()))
-        sections += ["## Results of the training run", f"| metric | value |\n|---|---|\n{rows}"]
+        rows = "\n".join(
+            f"| {section} | {name} | {value:.4g} |"
+            for section, numbers in inputs.metrics.items()
+            for name, value in sorted(numbers.items())
+        )
+        sections += ["## Results of the training run", f"| split | metric | value |\n|---|---|---|\n{rows}"]
     if inputs.benchmarks:
         sections += ["## CPU latency", *inputs.benchmarks]
     sections += [
@@ -258,6 +308,12 @@ def build_model_card(inputs: CardInputs) -> ModelCard:
     return ModelCard(f"---\n{card_metadata(inputs).to_yaml()}\n---\n\n{card_body(inputs)}")
 
 
+def cpu_benchmarks() -> list[Path]:
+    """The CPU inference reports in benchmarks/results/ (the card's default latency tables)."""
+    reports = sorted(DEFAULT_BENCHMARKS.glob("inference*.json"))
+    return [path for path in reports if json.loads(path.read_text()).get("machine", {}).get("device") == "cpu"]
+
+
 def stage_model(
     checkpoint: Path,
     out: Path,
@@ -266,6 +322,7 @@ def stage_model(
     datasets: Sequence[str] = (),
     base_model: Sequence[str] = (),
     space_id: str | None = None,
+    benchmarks: Sequence[Path] | None = None,
 ) -> Path:
     """Writes into `out` exactly the files of the model repo: re-saved with this repository's code (so the
     config's `auto_map` and the code files are current), processor, generation config, card and loss curve.
@@ -290,8 +347,7 @@ def stage_model(
     if loss_curve := find_run_file(checkpoint, "loss_curve.png"):
         shutil.copy(loss_curve, out / "loss_curve.png")
         inputs.loss_curve = "loss_curve.png"
-    for folder in dict.fromkeys((checkpoint, checkpoint.parent)):
-        inputs.benchmarks += [path.read_text().strip() for path in sorted(folder.glob("benchmark*.md"))]
+    inputs.benchmarks = [benchmark_table(path) for path in (cpu_benchmarks() if benchmarks is None else benchmarks)]
     build_model_card(inputs).save(out / "README.md")
     return out
 
@@ -353,6 +409,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--license", default="mit")
     parser.add_argument("--dataset", action="append", default=[], help="Hub dataset id for the card (repeatable)")
     parser.add_argument("--base-model", action="append", default=[], help="Hub id of a backbone (repeatable)")
+    parser.add_argument(
+        "--benchmark",
+        action="append",
+        type=Path,
+        help="a `benchmarks/inference.py --json` report for the card (repeatable; default: the CPU reports in "
+        "benchmarks/results/)",
+    )
     return parser
 
 
@@ -364,7 +427,14 @@ def main(argv: Sequence[str] | None = None, api: HubApi | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="moda-stage-") as scratch:
         root = args.dry_run or Path(scratch)
         model_dir = stage_model(
-            args.checkpoint, root / "model", args.repo_id, args.license, args.dataset, args.base_model, args.space_id
+            args.checkpoint,
+            root / "model",
+            args.repo_id,
+            license=args.license,
+            datasets=args.dataset,
+            base_model=args.base_model,
+            space_id=args.space_id,
+            benchmarks=args.benchmark,
         )
         space_dir = stage_space(root / "space", args.repo_id) if args.space_id else None
         text = check_loads_in_clean_process(model_dir)
