@@ -327,6 +327,8 @@ def stage_model(
     """Writes into `out` exactly the files of the model repo: re-saved with this repository's code (so the
     config's `auto_map` and the code files are current), processor, generation config, card and loss curve.
     Optimizer state, RNG and other Trainer files in the checkpoint are left behind."""
+    if (checkpoint / "adapter_config.json").is_file():
+        raise ValueError(f"{checkpoint} holds a LoRA adapter: publish a merged model (train_hf.py --merge_lora)")
     if not (checkpoint / "config.json").is_file():
         raise ValueError(f"{checkpoint} is not a MODA checkpoint folder (no config.json)")
     if out.exists() and any(out.iterdir()):

@@ -205,6 +205,9 @@ def test_rejects_bad_arguments(run_folder, tmp_path):
         push_to_hub.main([str(run_folder / "checkpoint-10"), "--repo-id", "not a repo id"])
     with pytest.raises(ValueError, match="not a MODA checkpoint"):
         push_to_hub.main([str(tmp_path), "--repo-id", "u/moda", "--dry-run", str(tmp_path / "out")])
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="LoRA adapter"):
+        push_to_hub.main([str(tmp_path), "--repo-id", "u/moda", "--dry-run", str(tmp_path / "out")])
     (tmp_path / "full" / "model").mkdir(parents=True)
     (tmp_path / "full" / "model" / "old.txt").write_text("old")
     with pytest.raises(ValueError, match="not empty"):
