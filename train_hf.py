@@ -109,7 +109,7 @@ class MODATrainingArguments(TrainingArguments):
 
 # --demo: what the tiny model on the bundled catalogue needs (each is still overridable on the command line).
 DEMO_DEFAULTS = {
-    "image_features": "patches",
+    "image_features": "patches",  # a random frozen tower's pooled vector keeps colour but loses shape
     "projector_hidden_size": 256,
     "learning_rate": 2e-3,
     "num_train_epochs": 12,
