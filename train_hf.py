@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,6 +297,10 @@ def main(argv: list[str] | None = None) -> dict:
     output_dir = Path(training_args.output_dir)
     set_seed(training_args.seed)
     if data_args.demo:
+        if "OMP_NUM_THREADS" not in os.environ:
+            # The demo's matrices are tiny: extra intra-op threads only add synchronisation, and on a busy
+            # 2-core machine OpenMP spin-waiting made a step ~20x slower than one thread.
+            torch.set_num_threads(1)
         with training_args.main_process_first(desc="demo catalogue"):
             prepare_demo(data_args, model_args, output_dir)
     if data_args.dataset is None:
