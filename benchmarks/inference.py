@@ -1,0 +1,140 @@
+"""Describe-an-image speed: plain transformers fp32 `generate` beside MODA's fast paths, same weights, same run.
+
+    python benchmarks/inference.py                       # CPU, ~2-5 minutes on 2 cores
+    python benchmarks/inference.py --quick               # smoke run
+    python benchmarks/inference.py --device cuda --json benchmarks/results/inference_cuda.json
+
+Real-size architecture (CLIP ViT-B/32 + projector + OPT-125M) with random weights; every description is exactly
+`--new-tokens` tokens long (EOS is switched off: random weights would otherwise stop early). Latency at batch 1 includes
+image preprocessing; throughput is measured at batch 8 and 32. Each variant runs in its own process, loading the
+same saved checkpoint; times are the best of several runs. "same tokens" counts the batch-32 descriptions identical
+to the baseline's: with random weights the logits are nearly tied, so this understates agreement on a trained model
+(tests/test_fast_inference.py measures it on the sharpened tiny model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import numpy as np
+import torch
+from PIL import Image
+from transformers import CLIPImageProcessorPil
+
+import measure
+from modeling_moda import MODAForConditionalGeneration, optimize_for_cpu
+
+VARIANTS = {
+    "baseline": {"label": "transformers fp32 generate (baseline)", "dtype": "float32"},
+    "int8": {"label": "MODA int8 (decoder + LM head)", "dtype": "float32", "fast": "int8"},
+    "int8-vision": {"label": "MODA int8 (+ vision tower)", "dtype": "float32", "fast": "int8", "quantize_vision": True},
+    "bf16": {"label": "MODA bf16 weights", "dtype": "bfloat16", "bf16": True},
+}
+GPU_VARIANTS = ["baseline", "bf16"]  # int8 dynamic quantization is a CPU kernel
+
+GOAL_LATENCY_S = 0.35
+GOAL_IMAGES_PER_S = 10.0
+
+
+def photos(count: int, seed: int) -> list[Image.Image]:
+    """Distinct 256x256 RGB photos (noise plus a coloured block), so that preprocessing does real work."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        pixels = rng.integers(0, 80, (256, 256, 3), dtype=np.uint8)
+        pixels[64:192, 64:192] = rng.integers(80, 256, 3, dtype=np.uint8)
+        images.append(Image.fromarray(pixels))
+    return images
+
+
+def measure_variant(spec: dict) -> dict:
+    """Loads one variant and times it; runs in its own process."""
+    measure.setup_worker(spec["device"], spec["threads"], spec["seed"])
+    model = MODAForConditionalGeneration.from_pretrained(spec["checkpoint"], dtype=getattr(torch, spec["dtype"]))
+    model = model.to(spec["device"]).eval()
+    if spec.get("fast"):
+        model = optimize_for_cpu(model, spec["fast"], quantize_vision=spec.get("quantize_vision", False))
+    model.generation_config.eos_token_id = None  # fixed length, without a per-step min-length processor
+    image_processor = CLIPImageProcessorPil()
+    prompt = [model.config.image_token_id, model.config.text_config.bos_token_id]
+    new_tokens = spec["new_tokens"]
+
+    @torch.inference_mode()
+    def describe(images: list[Image.Image]) -> torch.Tensor:
+        pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
+        input_ids = torch.tensor([prompt] * len(images), device=spec["device"])
+        generated = model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            pixel_values=pixel_values.to(spec["device"], model.dtype),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+        )
+        return generated[:, len(prompt) :]
+
+    images = photos(max(spec["batch_sizes"]), spec["seed"])
+    describe(images[:1])  # warm-up: first-call allocations, kernel selection
+    result = {"latency_s": measure.seconds(lambda: describe(images[:1]), spec["device"], spec["repeats"])}
+    for batch_size in spec["batch_sizes"]:
+        describe(images[:batch_size])
+        result[f"images_per_s_batch{batch_size}"] = batch_size / measure.seconds(
+            lambda: describe(images[:batch_size]), spec["device"], max(1, spec["repeats"] // 2)
+        )
+    result["tokens"] = describe(images).tolist()
+    result["peak_memory_mb"] = measure.peak_memory_mb(spec["device"])
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--new-tokens", type=int, default=32)
+    args = measure.parse_arguments(parser, VARIANTS, argv)
+    names = args.variants or (GPU_VARIANTS if args.device == "cuda" else measure.default_variants(VARIANTS, "cpu"))
+    batch_sizes = [8] if args.quick else [8, 32]
+
+    results = measure.run_variants(
+        measure_variant,
+        VARIANTS,
+        names,
+        args,
+        new_tokens=args.new_tokens,
+        batch_sizes=batch_sizes,
+        repeats=2 if args.quick else 5,
+    )
+
+    base = results["baseline"]
+    headers = ["variant", "1 image (s)", "speed-up"]
+    for batch_size in batch_sizes:
+        headers += [f"images/s @{batch_size}", "speed-up"]
+    headers += ["peak memory (MB)", f"same {args.new_tokens} tokens as baseline"]
+    rows = []
+    for name, result in results.items():
+        row = [VARIANTS[name]["label"], f"{result['latency_s']:.3f}", measure.ratio(result["latency_s"], base["latency_s"], False)]
+        for batch_size in batch_sizes:
+            key = f"images_per_s_batch{batch_size}"
+            row += [f"{result[key]:.2f}", measure.ratio(result[key], base[key])]
+        same = sum(a == b for a, b in zip(result["tokens"], base["tokens"]))
+        result["same_as_baseline"] = f"{same}/{len(base['tokens'])}"
+        rows += [row + [f"{result['peak_memory_mb']:.0f}", result["same_as_baseline"]]]
+    info = measure.machine(args.device, args.threads)
+    measure.print_table(
+        f"Inference, {args.device}, {info['torch_threads']} threads, {args.new_tokens} new tokens, greedy "
+        f"({info['cpu']}, load {info['load_average_1min']})",
+        headers,
+        rows,
+    )
+    fastest = min(results.values(), key=lambda r: r["latency_s"])["latency_s"]
+    throughput = max(r[f"images_per_s_batch{batch_sizes[-1]}"] for r in results.values())
+    print(f"\ngoal: one image <= {GOAL_LATENCY_S} s: best {fastest:.3f} s ({'met' if fastest <= GOAL_LATENCY_S else 'missed'})")
+    print(
+        f"goal: >= {GOAL_IMAGES_PER_S:g} images/s batched: best {throughput:.2f} "
+        f"({'met' if throughput >= GOAL_IMAGES_PER_S else 'missed'})"
+    )
+    summary = {"machine": info, "new_tokens": args.new_tokens, "results": results}
+    for result in results.values():
+        result.pop("tokens")
+    measure.write_json(args.json, args.command, summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main()

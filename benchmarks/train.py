@@ -1,0 +1,136 @@
+"""Training speed: the plain loop (fp32, CLIP recomputed every step, AdamW) beside MODA's fast settings.
+
+    python benchmarks/train.py                       # CPU, ~2-5 minutes on 2 cores
+    python benchmarks/train.py --quick               # smoke run
+    python benchmarks/train.py --device cuda --json benchmarks/results/train_cuda.json
+
+Real-size architecture with random weights, the original recipe's trainable set (vision tower frozen; projector
+and OPT-125M trained). One step = forward, backward, optimizer step on a batch of `--batch-size` captions of
+`--seq-len` tokens. MODA's settings: the frozen-feature cache (`image_embeds` computed once per dataset, so CLIP
+leaves the step), fused AdamW (`torch.optim.AdamW(fused=True)`, Trainer's `optim="adamw_torch_fused"`) and bf16
+autocast. Each variant runs in its own process from the same saved weights; "step-1 loss" is the loss of the
+first step on the same batch, a check that every variant computes the same thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import torch
+
+import measure
+from modeling_moda import MODAForConditionalGeneration
+
+VARIANTS = {
+    "baseline": {"label": "transformers fp32, pixel_values, AdamW (baseline)", "images": "pixel_values"},
+    "pixels-fp32": {"label": "MODA fp32, pixel_values, fused AdamW", "images": "pixel_values", "fused": True},
+    "pixels-bf16": {"label": "MODA bf16 autocast, pixel_values, fused AdamW", "images": "pixel_values", "fused": True, "bf16": True},
+    "cache-fp32": {"label": "MODA fp32, feature cache, fused AdamW", "images": "image_embeds", "fused": True},
+    "cache-bf16": {"label": "MODA bf16 autocast, feature cache, fused AdamW", "images": "image_embeds", "fused": True, "bf16": True},
+}
+
+# The original: 20 epochs in 104 minutes on an A100 at about 7.4 samples/s, i.e. about 46,000 samples seen.
+ORIGINAL_SAMPLES_PER_S = 7.4
+ORIGINAL_RECIPE_SAMPLES = round(104 * 60 * ORIGINAL_SAMPLES_PER_S)
+GOAL_GPU_RECIPE_S = 60.0
+
+
+def training_batch(config, batch_size: int, seq_len: int, device: str) -> dict[str, torch.Tensor]:
+    """`<image>`, BOS, caption tokens, EOS; labels mask the image and BOS positions like the processor does."""
+    generator = torch.Generator().manual_seed(0)
+    text = torch.randint(4, 50000, (batch_size, seq_len - 3), generator=generator)
+    columns = [torch.full((batch_size, 1), token) for token in (config.image_token_id, config.text_config.bos_token_id)]
+    input_ids = torch.cat([*columns, text, torch.full((batch_size, 1), config.text_config.eos_token_id)], dim=1)
+    labels = input_ids.clone()
+    labels[:, :2] = -100
+    return {
+        "input_ids": input_ids.to(device),
+        "attention_mask": torch.ones_like(input_ids, device=device),
+        "labels": labels.to(device),
+        "pixel_values": torch.randn(batch_size, 3, 224, 224, generator=generator).to(device),
+    }
+
+
+def measure_variant(spec: dict) -> dict:
+    """Loads the checkpoint and times training steps; runs in its own process."""
+    measure.setup_worker(spec["device"], spec["threads"], spec["seed"])
+    device = spec["device"]
+    model = MODAForConditionalGeneration.from_pretrained(spec["checkpoint"]).to(device)
+    batch = training_batch(model.config, spec["batch_size"], spec["seq_len"], device)
+    if spec["images"] == "image_embeds":  # the feature cache: computed once per image, outside the step
+        with torch.no_grad():
+            batch["image_embeds"] = model.get_image_embeds(batch.pop("pixel_values"))
+    model.train()
+    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=1e-5, fused=spec.get("fused"))
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=spec.get("bf16", False))
+    losses = []
+
+    def step() -> None:
+        with autocast:
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+
+    step()  # warm-up, also the step-1 loss
+    step_s = measure.seconds(step, device, spec["steps"])
+    return {
+        "samples_per_s": spec["batch_size"] / step_s,
+        "step_s": step_s,
+        "step1_loss": losses[0],
+        "peak_memory_mb": measure.peak_memory_mb(device),
+        "trainable_parameters": sum(parameter.numel() for parameter in parameters),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=29, help="tokens per sample, image and BOS included")
+    parser.add_argument("--steps", type=int, help="timed steps per variant (default 3, --quick 1)")
+    args = measure.parse_arguments(parser, VARIANTS, argv)
+    if args.seq_len < 4:
+        raise SystemExit("--seq-len must be at least 4 (image, BOS, one token, EOS)")
+    steps = args.steps or (1 if args.quick else 3)
+
+    results = measure.run_variants(
+        measure_variant, VARIANTS, args.variants or measure.default_variants(VARIANTS, args.device), args, batch_size=args.batch_size, seq_len=args.seq_len, steps=steps
+    )
+
+    base = results["baseline"]
+    rows = [
+        [
+            VARIANTS[name]["label"],
+            f"{result['samples_per_s']:.2f}",
+            measure.ratio(result["samples_per_s"], base["samples_per_s"]),
+            f"{result['step_s']:.2f}",
+            f"{result['peak_memory_mb']:.0f}",
+            f"{result['step1_loss']:.4f}",
+        ]
+        for name, result in results.items()
+    ]
+    info = measure.machine(args.device, args.threads)
+    measure.print_table(
+        f"Training, {args.device}, {info['torch_threads']} threads, batch {args.batch_size} x {args.seq_len} tokens, "
+        f"{steps} timed steps ({info['cpu']}, load {info['load_average_1min']})",
+        ["variant", "samples/s", "speed-up", "s/step", "peak memory (MB)", "step-1 loss"],
+        rows,
+    )
+    best = max(result["samples_per_s"] for result in results.values())
+    recipe_s = ORIGINAL_RECIPE_SAMPLES / best
+    print(
+        f"\ngoal: >= {ORIGINAL_SAMPLES_PER_S} samples/s (the original on an A100): best {best:.2f} "
+        f"({'met' if best >= ORIGINAL_SAMPLES_PER_S else 'missed'})"
+    )
+    print(
+        f"the original 20-epoch recipe ({ORIGINAL_RECIPE_SAMPLES:,} samples) at that rate: {recipe_s / 60:.1f} min"
+        + (f" (GPU goal < {GOAL_GPU_RECIPE_S:g} s: {'met' if recipe_s < GOAL_GPU_RECIPE_S else 'missed'})" if args.device == "cuda" else "")
+    )
+    summary = {"machine": info, "batch_size": args.batch_size, "seq_len": args.seq_len, "steps": steps, "results": results}
+    measure.write_json(args.json, args.command, summary)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
