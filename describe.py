@@ -139,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=FAST_MODES,
         help=f"CPU speed-up: int8 (quantized decoder, fastest), bf16 weights, or none (default: {DEFAULT_FAST})",
     )
-    describe.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
+    describe.add_argument(
+        "--threads", type=int, help="torch CPU threads (default: one per core; fewer is faster on a busy machine)"
+    )
     describe.add_argument("--out", type=Path, help="results file: .jsonl (default format) or .csv; stdout if absent")
     describe.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser

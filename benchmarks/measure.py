@@ -38,7 +38,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
-def parse_arguments(parser: argparse.ArgumentParser, variants: dict[str, dict], argv: list[str] | None) -> argparse.Namespace:
+def parse_arguments(
+    parser: argparse.ArgumentParser, variants: dict[str, dict], argv: list[str] | None
+) -> argparse.Namespace:
     """Common options plus `--variants`; the baseline always runs, first, since every ratio needs it."""
     add_common_arguments(parser)
     parser.add_argument("--variants", nargs="+", choices=list(variants), help="default: all that fit the device")
@@ -58,7 +60,9 @@ def default_variants(variants: dict[str, dict], device: str) -> list[str]:
     return [name for name in variants if name not in skipped]
 
 
-def run_variants(function: Callable[[dict], dict], variants: dict[str, dict], names: list[str], args, **settings) -> dict:
+def run_variants(
+    function: Callable[[dict], dict], variants: dict[str, dict], names: list[str], args, **settings
+) -> dict[str, dict]:
     """Saves one random checkpoint, then measures each named variant on it in its own process."""
     names = ["baseline", *(name for name in names if name != "baseline")]
     results = {}

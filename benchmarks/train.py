@@ -23,9 +23,13 @@ from modeling_moda import MODAForConditionalGeneration
 VARIANTS = {
     "baseline": {"label": "transformers fp32, pixel_values, AdamW (baseline)", "images": "pixel_values"},
     "pixels-fp32": {"label": "MODA fp32, pixel_values, fused AdamW", "images": "pixel_values", "fused": True},
-    "pixels-bf16": {"label": "MODA bf16 autocast, pixel_values, fused AdamW", "images": "pixel_values", "fused": True, "bf16": True},
+    "pixels-bf16": {
+        "label": "MODA bf16 autocast, pixel_values, fused AdamW", "images": "pixel_values", "fused": True, "bf16": True
+    },
     "cache-fp32": {"label": "MODA fp32, feature cache, fused AdamW", "images": "image_embeds", "fused": True},
-    "cache-bf16": {"label": "MODA bf16 autocast, feature cache, fused AdamW", "images": "image_embeds", "fused": True, "bf16": True},
+    "cache-bf16": {
+        "label": "MODA bf16 autocast, feature cache, fused AdamW", "images": "image_embeds", "fused": True, "bf16": True
+    },
 }
 
 # The original: 20 epochs in 104 minutes on an A100 at about 7.4 samples/s, i.e. about 46,000 samples seen.
@@ -95,7 +99,13 @@ def main(argv: list[str] | None = None) -> dict:
     steps = args.steps or (1 if args.quick else 3)
 
     results = measure.run_variants(
-        measure_variant, VARIANTS, args.variants or measure.default_variants(VARIANTS, args.device), args, batch_size=args.batch_size, seq_len=args.seq_len, steps=steps
+        measure_variant,
+        VARIANTS,
+        args.variants or measure.default_variants(VARIANTS, args.device),
+        args,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        steps=steps,
     )
 
     base = results["baseline"]
@@ -125,9 +135,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(
         f"the original 20-epoch recipe ({ORIGINAL_RECIPE_SAMPLES:,} samples) at that rate: {recipe_s / 60:.1f} min"
-        + (f" (GPU goal < {GOAL_GPU_RECIPE_S:g} s: {'met' if recipe_s < GOAL_GPU_RECIPE_S else 'missed'})" if args.device == "cuda" else "")
+        + (f" (GPU goal < {GOAL_GPU_RECIPE_S:g} s: {'met' if recipe_s < GOAL_GPU_RECIPE_S else 'missed'})"
+           if args.device == "cuda" else "")
     )
-    summary = {"machine": info, "batch_size": args.batch_size, "seq_len": args.seq_len, "steps": steps, "results": results}
+    settings = {"batch_size": args.batch_size, "seq_len": args.seq_len, "steps": steps}
+    summary = {"machine": info, **settings, "results": results}
     measure.write_json(args.json, args.command, summary)
     return summary
 

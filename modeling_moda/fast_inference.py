@@ -31,7 +31,8 @@ MODES = ("int8", "bf16", "fp32")
 
 def cpu_has_native_bf16() -> bool:
     """True when PyTorch's CPU kernels can use bf16 instructions (AVX512-BF16 or AMX), not emulate them."""
-    return torch.backends.cpu.get_cpu_capability() in {"AVX512_BF16", "AMX"} or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    capability = torch.backends.cpu.get_cpu_capability()
+    return capability in {"AVX512_BF16", "AMX"} or torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def untie_lm_head(model: nn.Module) -> nn.Module:

@@ -2,9 +2,10 @@
 
 Agreement is measured on the sharpened tiny model over 24 photos. Its logits are nearly tied (median top-1/top-2
 margin about 0.4 against int8 logit errors up to about 1.5), so whole descriptions diverge after the first
-near-tie. Measured here (2-core AVX2 CPU): int8 14/24 identical 8-token descriptions (58%) and 89% identical next
-tokens under teacher forcing; bf16 20/24 (83%) and 97%. The thresholds sit below those (kernels differ a little
-between CPUs); they catch a broken path, and they are not the >= 95% goal, which this tiny model does not meet.
+near-tie. The tiny backbones are drawn afresh each session; over 6 sessions here (2-core AVX2 CPU) int8 gave
+50-58% identical 8-token descriptions and 89-91% identical next tokens under teacher forcing, bf16 58-83% and
+94-97%. The thresholds sit below those ranges; they catch a broken path, and they are not the >= 95% goal,
+which this tiny model does not meet.
 """
 
 import copy
@@ -36,8 +37,10 @@ def agreement(model, inputs, reference: torch.Tensor) -> tuple[float, float]:
     """(share of identical greedy descriptions, share of identical next tokens with the fp32 text fed in)."""
     pixel_values = inputs["pixel_values"].to(model.dtype)
     with torch.inference_mode():
-        generated = model.generate(**{**inputs, "pixel_values": pixel_values}, max_new_tokens=NEW_TOKENS, do_sample=False)
-        logits = model(input_ids=reference, attention_mask=torch.ones_like(reference), pixel_values=pixel_values).logits
+        inputs = {**inputs, "pixel_values": pixel_values}
+        generated = model.generate(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+        mask = torch.ones_like(reference)
+        logits = model(input_ids=reference, attention_mask=mask, pixel_values=pixel_values).logits
     same_descriptions = (generated == reference).all(dim=1).float().mean().item()
     prompt_length = inputs["input_ids"].shape[1]
     next_tokens = logits[:, prompt_length - 1 : -1].argmax(-1)
@@ -47,7 +50,7 @@ def agreement(model, inputs, reference: torch.Tensor) -> tuple[float, float]:
 
 @pytest.mark.parametrize(
     "mode, min_descriptions, min_tokens",
-    [("int8", 0.4, 0.8), ("bf16", 0.6, 0.9)],
+    [("int8", 0.3, 0.8), ("bf16", 0.4, 0.9)],
 )
 def test_fast_descriptions_agree_with_fp32_greedy(
     tiny_model, agreement_inputs, fp32_tokens, mode, min_descriptions, min_tokens
@@ -71,8 +74,8 @@ def test_int8_unties_and_quantizes_only_the_head(tiny_model):
     assert isinstance(model.language_model.lm_head, torch.ao.nn.quantized.dynamic.Linear)
     assert model.config.text_config.tie_word_embeddings is False
     assert model.language_model.config.tie_word_embeddings is False
-    assert isinstance(model.projector.linear_1, torch.nn.Linear)  # runs once per image: stays fp32
-    assert not isinstance(model.vision_tower.vision_model.encoder.layers[0].mlp.fc1, torch.ao.nn.quantized.dynamic.Linear)
+    assert type(model.projector.linear_1) is torch.nn.Linear  # runs once per image: stays fp32
+    assert type(model.vision_tower.vision_model.encoder.layers[0].mlp.fc1) is torch.nn.Linear
     # the session's fp32 model is untouched: its head still shares the embedding
     assert tiny_model.get_output_embeddings().weight.data_ptr() == tiny_model.get_input_embeddings().weight.data_ptr()
 
@@ -86,7 +89,8 @@ def test_untie_copies_the_shared_weight(tiny_model):
 
 def test_quantize_vision_generates(tiny_model, tiny_processor, photos):
     model = optimize_for_cpu(copy.deepcopy(tiny_model), "int8", quantize_vision=True)
-    assert isinstance(model.vision_tower.vision_model.encoder.layers[0].mlp.fc1, torch.ao.nn.quantized.dynamic.Linear)
+    fc1 = model.vision_tower.vision_model.encoder.layers[0].mlp.fc1
+    assert isinstance(fc1, torch.ao.nn.quantized.dynamic.Linear)
     with torch.inference_mode():
         generated = model.generate(**tiny_processor(images=photos), max_new_tokens=4, min_new_tokens=4)
     assert generated.shape == (len(photos), 2 + 4)
@@ -94,7 +98,10 @@ def test_quantize_vision_generates(tiny_model, tiny_processor, photos):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"mode": "int4"}, "mode must be one of"), ({"mode": "bf16", "quantize_vision": True}, "applies to mode='int8' only")],
+    [
+        ({"mode": "int4"}, "mode must be one of"),
+        ({"mode": "bf16", "quantize_vision": True}, "applies to mode='int8' only"),
+    ],
 )
 def test_bad_options_are_refused(tiny_model, kwargs, message):
     with pytest.raises(ValueError, match=message):
