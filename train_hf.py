@@ -110,7 +110,6 @@ class MODATrainingArguments(TrainingArguments):
 
 # --demo: what the tiny model on the bundled catalogue needs (each is still overridable on the command line).
 DEMO_DEFAULTS = {
-    "image_features": "patches",  # a random frozen tower's pooled vector keeps colour but loses shape
     "projector_hidden_size": 256,
     "learning_rate": 2e-3,
     "num_train_epochs": 12,
@@ -123,10 +122,10 @@ DEMO_DEFAULTS = {
     "save_total_limit": 1,
 }
 DEMO_SIZES = {
-    "image_size": 64,
-    "patch_size": 8,
+    "image_size": 32,
+    "patch_size": 4,
     "vision_hidden": 64,
-    "vision_layers": 2,
+    "vision_layers": 3,
     "projection_dim": 64,
     "text_hidden": 96,
     "text_layers": 2,
@@ -164,9 +163,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
 
 
 def prepare_demo(data_args: DataArguments, model_args: ModelArguments, output_dir: Path) -> None:
-    """Draws the bundled catalogue and saves tiny random backbones (a BPE tokenizer trained on its captions)."""
+    """Draws the bundled catalogue and saves tiny backbones: a BPE tokenizer trained on its captions, a random OPT,
+    and a CLIP vision tower pretrained on a separate synthetic catalogue (the stand-in for FashionCLIP)."""
     from processing.catalog import make_catalog
     from processing.demo_backbones import TinySizes, save_tiny_backbones
+    from processing.demo_vision_pretraining import REPORT_NAME, pretrain_vision_tower
 
     catalogue = output_dir / "catalog"
     if not (catalogue / "fashion.csv").is_file():
@@ -175,6 +176,8 @@ def prepare_demo(data_args: DataArguments, model_args: ModelArguments, output_di
     if not (backbones / "text" / "tokenizer.json").is_file():
         descriptions = load_fashion_dataset(catalogue)["description"]
         save_tiny_backbones(backbones, descriptions, TinySizes(**DEMO_SIZES))
+    if not (backbones / "vision" / REPORT_NAME).is_file():
+        pretrain_vision_tower(backbones / "vision", seed=1)  # the demo catalogue itself is seed 0
     data_args.dataset = str(catalogue)
     model_args.vision_model, model_args.text_model = str(backbones / "vision"), str(backbones / "text")
 

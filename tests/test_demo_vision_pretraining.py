@@ -1,0 +1,27 @@
+"""The demo's FashionCLIP stand-in: the tiny vision tower is trained in place on its own synthetic catalogue."""
+
+import json
+
+import torch
+from transformers import CLIPModel
+
+from modeling_moda import MODAForConditionalGeneration
+from processing.demo_backbones import save_tiny_backbones
+from processing.demo_vision_pretraining import REPORT_NAME, pretrain_vision_tower
+
+from conftest import FASHION_TEXTS
+
+
+def test_pretraining_updates_the_saved_tower_and_reports_accuracy(tmp_path):
+    vision_dir, text_dir = save_tiny_backbones(tmp_path, FASHION_TEXTS)
+    before = CLIPModel.from_pretrained(vision_dir).vision_model.state_dict()
+
+    report = pretrain_vision_tower(vision_dir, n_items=160, epochs=2, batch_size=32)
+
+    after = CLIPModel.from_pretrained(vision_dir).vision_model.state_dict()
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+    assert json.loads((vision_dir / REPORT_NAME).read_text()) == report
+    assert 0.0 <= report["product_type_accuracy"] <= 1.0 and 0.0 <= report["colour_accuracy"] <= 1.0
+    model = MODAForConditionalGeneration.from_backbones(vision_dir, text_dir)
+    torch.testing.assert_close(model.vision_tower.vision_model.state_dict()["post_layernorm.weight"],
+                               after["post_layernorm.weight"])
