@@ -22,7 +22,7 @@ def test_describes_a_folder_and_skips_a_corrupt_file(tmp_path, tiny_checkpoint, 
     out = tmp_path / "results.jsonl"
 
     assert main(["describe", str(tmp_path / "photos"), "--model", str(tiny_checkpoint), "--batch-size", "3",
-                 "--out", str(out), "--no-progress", "--max-new-tokens", "10"]) == 0
+                 "--out", str(out), "--no-progress", "--max-new-tokens", "10", "--fast", "none"]) == 0
 
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [row["image"] for row in rows] == sorted(map(str, [*paths, corrupt]))

@@ -1,0 +1,60 @@
+"""How often the fast CPU paths write the same description as fp32 greedy, on a trained checkpoint.
+
+    python benchmarks/agreement.py --model outputs/demo --images outputs/demo/catalog --limit 200
+
+Random weights (the speed benchmarks) say nothing about agreement: near-tied logits flip at random. A trained
+MODA is what users run, so this compares its fp32 greedy descriptions with each fast mode's, batched and one
+image at a time, and prints the rate and every description that differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/...` from a fresh clone
+
+from describe import describe_images, find_images, load_model  # noqa: E402
+from processing import load_rgb_image  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="a trained MODA checkpoint folder")
+    parser.add_argument("--images", required=True, nargs="+", help="image files or folders")
+    parser.add_argument("--limit", type=int, default=200, help="images compared (the last ones found)")
+    parser.add_argument("--modes", nargs="+", default=["int8"], choices=["int8", "bf16"])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    images = [load_rgb_image(path) for path in find_images(args.images)[-args.limit :]]
+    reference_model, processor = load_model(args.model, fast="none")
+    reference = describe_images(reference_model, processor, images, args.batch_size, do_sample=False)
+
+    results = {"model": args.model, "images": len(images), "modes": {}}
+    print(f"| mode | same as fp32, batch {args.batch_size} | same as fp32, batch 1 |\n|---|---|---|")
+    for mode in args.modes:
+        model, _ = load_model(args.model, fast=mode)
+        batched = describe_images(model, processor, images, args.batch_size, do_sample=False)
+        single = describe_images(model, processor, images, 1, do_sample=False)
+        rates = [sum(a == b for a, b in zip(reference, texts)) / len(images) for texts in (batched, single)]
+        differing = [{"fp32": a, mode: b} for a, b in zip(reference, batched) if a != b]
+        results["modes"][mode] = {"same_batched": rates[0], "same_single": rates[1], "differing": differing}
+        print(f"| {mode} | {rates[0]:.1%} | {rates[1]:.1%} |")
+    for mode, result in results["modes"].items():
+        for pair in result["differing"]:
+            print(f"{mode} differs: {pair['fp32']!r} -> {pair[mode]!r}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
