@@ -167,13 +167,23 @@ def test_outputs_have_the_training_columns(catalog, tmp_path):
     assert lines[0]["metadata"]["ProductId"] == row["ProductId"]
 
 
-def test_output_loads_with_the_training_loader(catalog, tmp_path):
-    """train_hf.py reads `--dataset OUT/dataset` through processing.data, with no conversion."""
-    from processing.data import load_fashion_dataset
+def test_output_trains_with_train_hf_without_conversion(catalog, tmp_path, tiny_backbones):
+    """`train_hf.py --dataset OUT/dataset` trains on the pipeline's output as it is."""
+    import train_hf
+    from transformers import AutoModel
 
-    run(catalog, tmp_path, {"*": GOOD}, {"*": GOOD}, limit=2)
-    loaded = load_fashion_dataset(tmp_path / "dataset")
-    assert loaded["description"] == [json.loads(GOOD)["description"]] * 2 and len(loaded["image"]) == 2
+    refined = {row["ProductId"]: json.dumps({"description": row["description"]}) for row in read_catalog(catalog)}
+    run(catalog, tmp_path / "distilled", {"*": GOOD}, refined)
+    vision, text = tiny_backbones
+    metrics = train_hf.main([
+        "--dataset", str(tmp_path / "distilled" / "dataset"), "--vision_model", str(vision), "--text_model", str(text),
+        "--output_dir", str(tmp_path / "run"), "--max_steps", "2", "--per_device_train_batch_size", "2",
+        "--gradient_accumulation_steps", "1", "--projector_hidden_size", "16", "--generation_max_new_tokens", "4",
+        "--dataloader_pin_memory", "false",
+    ])
+    assert sum(metrics["rows"].values()) == len(read_catalog(catalog))
+    assert metrics["train"]["train_loss"] > 0
+    AutoModel.from_pretrained(tmp_path / "run", trust_remote_code=True)
 
 
 def test_push_to_hub_uploads_dataset_and_card(catalog, tmp_path, monkeypatch):
