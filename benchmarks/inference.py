@@ -27,7 +27,7 @@ VARIANTS = {
     "baseline": {"label": "transformers fp32 generate (baseline)", "dtype": "float32"},
     "int8": {"label": "MODA int8 (decoder + LM head)", "dtype": "float32", "fast": "int8"},
     "int8-vision": {"label": "MODA int8 (+ vision tower)", "dtype": "float32", "fast": "int8", "quantize_vision": True},
-    "bf16": {"label": "MODA bf16 weights", "dtype": "bfloat16", "bf16": True, "slow_where_bf16_is_emulated": True},
+    "bf16": {"label": "MODA bf16 weights", "dtype": "bfloat16", "bf16": True},
 }
 GPU_VARIANTS = ["baseline", "bf16"]  # int8 dynamic quantization is a CPU kernel
 

@@ -52,11 +52,10 @@ def parse_arguments(
 
 
 def default_variants(variants: dict[str, dict], device: str) -> list[str]:
-    """All variants, less those marked `slow_where_bf16_is_emulated` on a CPU that emulates bf16: running the
-    vision tower in emulated bf16 takes many minutes and only loses there."""
+    """All variants, less the bf16 ones on a CPU that emulates bf16 (they take minutes and only lose there)."""
     if device == "cuda" or cpu_has_native_bf16():
         return list(variants)
-    skipped = [name for name, variant in variants.items() if variant.get("slow_where_bf16_is_emulated")]
+    skipped = [name for name, variant in variants.items() if variant.get("bf16")]
     print(f"this CPU has no native bf16: skipping {skipped} (ask with --variants)", file=sys.stderr)
     return [name for name in variants if name not in skipped]
 

@@ -24,8 +24,7 @@ VARIANTS = {
     "baseline": {"label": "transformers fp32, pixel_values, AdamW (baseline)", "images": "pixel_values"},
     "pixels-fp32": {"label": "MODA fp32, pixel_values, fused AdamW", "images": "pixel_values", "fused": True},
     "pixels-bf16": {
-        "label": "MODA bf16 autocast, pixel_values, fused AdamW", "images": "pixel_values", "fused": True, "bf16": True,
-        "slow_where_bf16_is_emulated": True,
+        "label": "MODA bf16 autocast, pixel_values, fused AdamW", "images": "pixel_values", "fused": True, "bf16": True
     },
     "cache-fp32": {"label": "MODA fp32, feature cache, fused AdamW", "images": "image_embeds", "fused": True},
     "cache-bf16": {
