@@ -292,6 +292,9 @@ def save_final(trainer: Trainer, model, processor, model_args: ModelArguments, o
         trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
         processor.save_pretrained(output_dir)
+        # the published folder holds no pickle: Trainer's training_args.bin becomes readable JSON
+        (output_dir / "training_args.bin").unlink(missing_ok=True)
+        (output_dir / "training_args.json").write_text(trainer.args.to_json_string())
     return model
 
 

@@ -47,8 +47,10 @@ def _describe(model, processor, samples: list[dict]) -> list[str]:
 def test_outputs_and_remote_code_checkpoint(catalogue, tiny_backbones, tmp_path):
     out = tmp_path / "run"
     metrics = train_hf.main(_args(catalogue, tiny_backbones, out, "--num_train_epochs", "2"))
-    for name in ("loss_curve.png", "metrics.json", "samples.jsonl", "model.safetensors", "modeling_moda.py"):
+    for name in ("loss_curve.png", "metrics.json", "samples.jsonl", "model.safetensors", "modeling_moda.py",
+                 "training_args.json"):
         assert (out / name).is_file(), name
+    assert not list(out.glob("*.bin")), "the final folder holds safetensors and JSON only"
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["rows"] == {"train": 32, "validation": 4, "test": 4}
     for key in ("test_loss", "bleu", "rougeL", "colour_and_type_accuracy", "contradiction_rate"):
