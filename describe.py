@@ -24,11 +24,9 @@ from transformers.utils import logging
 import modeling_moda  # noqa: F401  (registers the "moda" Auto classes)
 import processing  # noqa: F401  (registers MODAProcessor with AutoProcessor)
 from modeling_moda.fast_inference import optimize_for_cpu
-from processing.processing_moda import load_rgb_image
+from processing.processing_moda import IMAGE_SUFFIXES, load_rgb_image
 
 logger = logging.get_logger("moda.describe")
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def find_images(paths: Iterable[str | Path]) -> list[Path]:
@@ -149,8 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.batch_size < 1:
-        raise SystemExit("--batch-size must be at least 1")
+    for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens),
+                        ("--num-beams", args.num_beams)):
+        if value < 1:
+            raise SystemExit(f"{flag} must be at least 1, got {value}")
+    if args.out is not None and not args.out.parent.is_dir():
+        raise SystemExit(f"--out: folder {args.out.parent} does not exist")
     paths = find_images(args.images)
     if not paths:
         raise SystemExit(f"no images found in {' '.join(args.images)}")

@@ -27,14 +27,13 @@ from PIL import Image
 from transformers.utils import logging
 
 from .catalog import product_noun
-from .processing_moda import MODAProcessor, load_rgb_image
+from .processing_moda import IMAGE_SUFFIXES, MODAProcessor, load_rgb_image
 
 logger = logging.get_logger(__name__)
 
 IMAGE_COLUMNS = ("image", "Image", "image_path", "file_name", "path")
 TEXT_COLUMNS = ("description", "caption", "text")
 METADATA_COLUMNS = ("Colour", "ProductType", "Gender", "Usage")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
 
 def load_fashion_dataset(source: str | Path, max_samples: int | None = None) -> datasets.Dataset:
@@ -46,7 +45,7 @@ def load_fashion_dataset(source: str | Path, max_samples: int | None = None) -> 
         dataset = _flatten(datasets.load_from_disk(str(path)))
     elif path.is_dir() and any((path / name).is_file() for name in ("metadata.csv", "metadata.jsonl")):
         dataset = _flatten(datasets.load_dataset("imagefolder", data_dir=str(path)))
-    elif path.is_file() and path.suffix in (".csv", ".json", ".jsonl"):
+    elif path.is_file() and path.suffix.lower() in (".csv", ".json", ".jsonl"):
         dataset = _load_table(path)
     elif path.exists():
         raise ValueError(
@@ -70,13 +69,13 @@ def _flatten(loaded: datasets.Dataset | datasets.DatasetDict) -> datasets.Datase
 
 def _load_table(table: Path) -> datasets.Dataset:
     """A CSV/JSONL of image paths; relative paths are resolved against the table's folder (or found by name)."""
-    builder = "csv" if table.suffix == ".csv" else "json"
+    builder = "csv" if table.suffix.lower() == ".csv" else "json"
     dataset = datasets.load_dataset(builder, data_files=str(table), split="train")
     image_column = next((name for name in IMAGE_COLUMNS if name in dataset.column_names), None)
     if image_column is None:
         raise ValueError(f"{table} has no image column (one of {IMAGE_COLUMNS})")
     root = table.parent
-    by_name = _index_images(root) if _needs_index(dataset[image_column][:50], root) else {}
+    by_name = _index_images(root) if _needs_index(dataset[image_column], root) else {}
     return dataset.map(
         _resolve_image_path,
         fn_kwargs={"column": image_column, "root": str(root), "by_name": by_name},
@@ -222,6 +221,10 @@ def split_dataset(
         splits["holdout"] = is_held.filter(lambda held: held, input_columns="_held").remove_columns("_held")
         dataset = is_held.filter(lambda held: not held, input_columns="_held").remove_columns("_held")
         logger.warning(f"Holding out {len(splits['holdout'])} rows of {combinations} for the generalization test")
+    if not (0 < validation_size < 1 and 0 < test_size < 1 and validation_size + test_size < 1):
+        raise ValueError(
+            f"validation_size ({validation_size}) and test_size ({test_size}) must each be in (0, 1) and sum below 1"
+        )
     if len(dataset) < 3:
         raise ValueError(f"need at least 3 rows to split into train/validation/test, got {len(dataset)}")
     first = dataset.train_test_split(test_size=test_size, seed=seed)

@@ -3,8 +3,8 @@
 A sequence is ``[pad ...] <image> x num_image_tokens, BOS, prompt or description tokens [, EOS]``, padded on
 the left so that batched generation continues every sequence from its last real token.
 
-This file is copied next to the saved processor by ``save_pretrained``: it imports only transformers, PIL,
-numpy and torch, so a saved folder loads with ``trust_remote_code=True`` and no install.
+This file is copied next to the saved processor by ``save_pretrained``: it imports only transformers, tokenizers,
+PIL, numpy and torch, so a saved folder loads with ``trust_remote_code=True`` and no install.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, Proces
 IMAGE_TOKEN = "<image>"
 MAX_IMAGE_SIDE = 4096  # larger photos are shrunk first: the encoder sees 224 px anyway
 IGNORE_INDEX = -100
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}  # what folder searches pick up
 
 ImageLike = Image.Image | np.ndarray | str | os.PathLike
 
@@ -37,8 +38,11 @@ def load_rgb_image(image: ImageLike, name: str = "image") -> Image.Image:
             raise ValueError(f"{name}: no such image file: {path}")
         try:
             with Image.open(path) as opened:
+                opened.draft("RGB", (MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))  # JPEGs decode straight at a smaller scale
                 opened.load()
                 image = opened.copy()
+        except Image.DecompressionBombError as error:
+            raise ValueError(f"{name}: {path} has too many pixels to decode safely ({error})") from error
         except (UnidentifiedImageError, OSError, SyntaxError) as error:
             raise ValueError(f"{name}: cannot read {path} as an image ({error})") from error
     elif isinstance(image, np.ndarray):

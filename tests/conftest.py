@@ -36,7 +36,7 @@ def sharpen(model: torch.nn.Module, seed: int = 0, gain: float = 2.0) -> torch.n
     """
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
+        for parameter in model.parameters():
             if parameter.ndim > 1:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * gain / parameter.shape[-1] ** 0.5)
     return model

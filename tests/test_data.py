@@ -156,3 +156,10 @@ def test_feature_cache_is_reused_and_follows_the_weights(tiny_backbones, catalog
         assert len(calls) == 6  # new weights, new fingerprint
     finally:
         hook.remove()
+
+
+@pytest.mark.parametrize("validation_size, test_size", [(0.1, 1.0), (0.1, 0.0), (0.5, 0.5), (-0.1, 0.2)])
+def test_impossible_split_sizes_are_refused(validation_size, test_size):
+    dataset = datasets.Dataset.from_dict({"description": ["a", "b", "c", "d"]})
+    with pytest.raises(ValueError, match="must each be in"):
+        split_dataset(dataset, validation_size, test_size)

@@ -3,6 +3,8 @@
 import csv
 import json
 
+import pytest
+
 from describe import main
 
 
@@ -46,3 +48,11 @@ def test_csv_output_and_explicit_files(tmp_path, tiny_checkpoint, photos):
     assert [row["image"] for row in rows] == [str(paths[1]), str(missing), str(paths[0])]
     assert rows[1]["error"].startswith(f"{missing}: no such image file") and not rows[1]["description"]
     assert rows[0]["description"] and not rows[0]["error"]
+
+
+def test_bad_flags_stop_before_loading_the_model(tmp_path, photos):
+    paths = write_photos(tmp_path / "photos", photos[:1])
+    for flags, message in ((["--max-new-tokens", "0"], "--max-new-tokens"), (["--num-beams", "-1"], "--num-beams"),
+                           (["--out", str(tmp_path / "missing" / "r.jsonl")], "does not exist")):
+        with pytest.raises(SystemExit, match=message):
+            main(["describe", str(paths[0]), "--model", str(tmp_path / "no-model"), *flags])

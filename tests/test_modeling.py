@@ -93,7 +93,6 @@ def test_beam_search_and_sampling_run(tiny_model, tiny_processor, photos):
 def test_generation_stops_at_eos(tiny_model, tiny_processor, photos):
     eos = tiny_processor.tokenizer.eos_token_id
     with torch.no_grad():
-        tiny_model.language_model.lm_head.weight  # tied to the input embeddings
         bias = torch.zeros(tiny_model.config.text_config.vocab_size)
         bias[eos] = 1e4
 

@@ -132,3 +132,18 @@ def test_round_trip(tmp_path, tiny_processor, photos):
     assert original.keys() == reloaded.keys()
     for key in original:
         assert (original[key] == reloaded[key]).all()
+
+
+def test_decompression_bomb_is_a_clear_error(tmp_path, monkeypatch):
+    path = tmp_path / "poster.png"
+    Image.new("RGB", (300, 300)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 90,000 pixels is then more than twice the limit
+    with pytest.raises(ValueError, match="too many pixels"):
+        load_rgb_image(path)
+
+
+def test_large_jpeg_is_decoded_small(tmp_path):
+    path = tmp_path / "large.jpg"
+    Image.new("RGB", (9000, 300), (200, 10, 10)).save(path)
+    image = load_rgb_image(path)
+    assert max(image.size) <= 4096 and image.getpixel((10, 10))[0] > 150
