@@ -63,7 +63,9 @@ class Describer:
             return self.load_rgb_image(path, name=name)
         except (ValueError, Image.DecompressionBombError) as error:
             logger.warning(f"rejected upload {name}: {error}")
-            reason = TOO_LARGE if isinstance(error, Image.DecompressionBombError) else UNREADABLE
+            # newer processor code wraps Pillow's DecompressionBombError in a ValueError; older code raised it bare
+            too_large = Image.DecompressionBombError in (type(error), type(error.__cause__))
+            reason = TOO_LARGE if too_large else UNREADABLE
             raise ValueError(f"{name} {reason}") from error
 
     @torch.inference_mode()
