@@ -15,6 +15,7 @@ Sources (`load_fashion_dataset`):
 from __future__ import annotations
 
 import io
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,23 +122,38 @@ def _standard_columns(dataset: datasets.Dataset, source: str) -> datasets.Datase
     if text_column is not None and text_column != "description":
         dataset = dataset.rename_column(text_column, "description")
     if set(METADATA_COLUMNS) <= set(dataset.column_names):
-        dataset = dataset.map(_fill_description, desc="Captions from metadata")
+        dataset = dataset.map(
+            _fill_description, with_indices=True, fn_kwargs={"source": source}, desc="Captions from metadata"
+        )
     return dataset
 
 
-def caption_from_metadata(row: dict) -> str:
-    """A plain caption for Kaggle rows that have no description: "A red women's dress, made for casual wear." """
-    return (
-        f"A {str(row['Colour']).lower()} {str(row['Gender']).lower()}'s {product_noun(str(row['ProductType']))}, "
-        f"made for {str(row['Usage']).lower()} wear."
-    )
+def cell_text(value: Any) -> str:
+    """A catalogue cell as stripped text, "" when empty: pandas reads an empty cell as NaN and `datasets` as None,
+    and neither may reach a caption or a prompt as "nan" or "None"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value).strip()
 
 
-def _fill_description(row: dict) -> dict:
-    description = row.get("description")
-    if description is None or not str(description).strip():
-        description = caption_from_metadata(row)
-    return {"description": str(description)}
+def caption_from_metadata(row: dict, where: str = "a row") -> str:
+    """A plain caption for Kaggle rows that have no description: "A red women's dress, made for casual wear."
+
+    An empty Colour, Gender or Usage is left out ("A dress, made for casual wear.", "A red dress."); an empty
+    ProductType raises ValueError naming `where`, since a caption that names no item would teach nothing.
+    """
+    colour, product_type, gender, usage = (cell_text(row.get(name)) for name in METADATA_COLUMNS)
+    if not product_type:
+        raise ValueError(f"{where} has no description and no ProductType to build one from")
+    words = ("A", colour.lower(), f"{gender.lower()}'s" if gender else "", product_noun(product_type))
+    caption = " ".join(word for word in words if word)
+    return f"{caption}, made for {usage.lower()} wear." if usage else f"{caption}."
+
+
+def _fill_description(row: dict, index: int, source: str) -> dict:
+    """The row's own description, else one built from its metadata; `source` and the 1-based row name it in errors."""
+    description = cell_text(row.get("description")) or caption_from_metadata(row, f"{source} row {index + 1}")
+    return {"description": description}
 
 
 def open_image(value: Any) -> Image.Image:
@@ -260,6 +276,7 @@ def stack_embeds(rows: list[dict[str, Any]]) -> torch.Tensor:
 __all__ = [
     "MODACollator",
     "caption_from_metadata",
+    "cell_text",
     "drop_unusable",
     "load_fashion_dataset",
     "open_image",

@@ -44,6 +44,7 @@ from transformers import (
 )
 from transformers.utils import logging
 
+from .data import cell_text
 from .json_answers import AnswerError, parse_description
 from .ocr_guard import DescriptionGuard
 
@@ -97,10 +98,17 @@ def prompt_i() -> str:
     return read_prompt("prompt_i.txt")
 
 
-def prompt_ii(description: str, item: Mapping[str, str]) -> str:
-    """Prompt II filled with the Step-1 description and the item's metadata."""
-    metadata = {key: item[column] for key, column in METADATA.items()}
-    return string.Template(read_prompt("prompt_ii.txt")).substitute(description=description, **metadata)
+def prompt_ii(description: str, item: Mapping[str, str | None]) -> str:
+    """Prompt II filled with the Step-1 description and the item's metadata.
+
+    The line of an empty field is left out: the teacher is told the metadata is always right, so a blank
+    "- Colour:" line would be read as a fact about the item.
+    """
+    metadata = {key: cell_text(item[column]) for key, column in METADATA.items()}
+    empty = [f"${key}" for key, value in metadata.items() if not value]
+    lines = read_prompt("prompt_ii.txt").splitlines(keepends=True)
+    template = "".join(line for line in lines if not any(placeholder in line for placeholder in empty))
+    return string.Template(template).substitute(description=description, **metadata)
 
 
 # -------------------------------------------------------------------------------------------------------- catalogue

@@ -12,7 +12,7 @@ import torch
 from modeling_moda import MODAForConditionalGeneration
 from processing import MODAProcessor
 from processing.catalog import make_catalog
-from processing.data import MODACollator, drop_unusable, load_fashion_dataset, split_dataset
+from processing.data import MODACollator, caption_from_metadata, drop_unusable, load_fashion_dataset, split_dataset
 from processing.feature_cache import add_image_embeds
 
 
@@ -27,6 +27,7 @@ def _rows(csv_path: Path) -> list[dict]:
 
 
 def _write_csv(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -52,6 +53,30 @@ def test_kaggle_layout_bare_names_and_captions_from_metadata(catalogue, tmp_path
     first = dataset[0]
     assert Path(first["image"]["path"]).is_file()
     assert first["Colour"].lower() in first["description"] and "made for" in first["description"]
+
+
+def test_captions_from_metadata_leave_out_empty_cells(catalogue, tmp_path):
+    """pandas reads an empty fashion.csv cell as NaN (`datasets` then gives None): no caption may say "nan"/"none"."""
+    image = str(catalogue / _rows(catalogue / "fashion.csv")[0]["Image"])
+    cases = [  # (Colour, Gender, ProductType, Usage), the caption
+        (("", "Women", "Dresses", "Party"), "A women's dress, made for party wear."),
+        (("Navy Blue", "Men", "Shirts", ""), "A navy blue men's shirt."),
+        (("Red", "", "Tshirts", "Casual"), "A red t-shirt, made for casual wear."),
+        (("", "", "Tops", ""), "A top."),
+    ]
+    rows = [
+        {"Image": image, "description": "", **dict(zip(("Colour", "Gender", "ProductType", "Usage"), cells))}
+        for cells, _ in cases
+    ]
+    _write_csv(tmp_path / "kaggle" / "fashion.csv", rows)
+    assert load_fashion_dataset(tmp_path / "kaggle")["description"] == [caption for _, caption in cases]
+    nan_row = {"Colour": float("nan"), "Gender": None, "ProductType": "Dresses", "Usage": " "}  # e.g. from JSONL
+    assert caption_from_metadata(nan_row) == "A dress."
+
+    rows[2]["ProductType"] = ""  # required: without it the caption would name no item
+    _write_csv(tmp_path / "no_type" / "fashion.csv", rows)
+    with pytest.raises(ValueError, match="no_type row 3 has no description and no ProductType"):
+        load_fashion_dataset(tmp_path / "no_type")
 
 
 def test_csv_jsonl_imagefolder_and_save_to_disk_sources(catalogue, tmp_path):

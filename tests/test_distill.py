@@ -69,6 +69,18 @@ def test_prompt_ii_carries_description_and_metadata(catalog):
     assert "$" not in prompt
 
 
+def test_prompt_ii_leaves_out_empty_metadata(tmp_path):
+    """An empty fashion.csv cell (or a short row, which csv reads as None) must not reach the teacher as a value."""
+    (tmp_path / "fashion.csv").write_text(
+        ",".join(distill.CATALOG_COLUMNS) + "\n1,Men,Apparel,Topwear,Tshirts,,Casual,Tee,1.jpg,u\n2,Men,Apparel\n"
+    )
+    blank_colour, short_row = read_catalog(tmp_path / "fashion.csv")
+    prompt = prompt_ii("A red shirt.", blank_colour)
+    assert "- Gender: Men\n" in prompt and "- Usage: Casual\n" in prompt and "- Colour:" not in prompt
+    prompt = prompt_ii("A red shirt.", short_row)
+    assert "- Category: Apparel\n\nRewrite" in prompt and "None" not in prompt
+
+
 # ------------------------------------------------------------------------------------------------------ catalogue
 def test_missing_columns_raise(tmp_path):
     (tmp_path / "fashion.csv").write_text("ProductId,Image\n1,a.jpg\n")
