@@ -34,6 +34,7 @@ from transformers.utils import logging
 import modeling_moda  # noqa: F401  (registers the "moda" Auto classes)
 from modeling_moda import MODAForConditionalGeneration
 from processing import MODAProcessor
+from processing.caption_vocabulary import build_caption_vocabulary, save_caption_vocabulary
 from processing.data import MODACollator, drop_unusable, load_fashion_dataset, open_image, split_dataset
 from processing.feature_cache import add_image_embeds, cached_embeds
 
@@ -155,9 +156,15 @@ class MODATrainer(Trainer):
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, MODATrainingArguments]:
+    """The three argument dataclasses; with --demo, DEMO_DEFAULTS replace the defaults (explicit flags still win).
+
+    A first pass parses --demo as a bool, so that every spelling HfArgumentParser accepts (`--demo`, `--demo=true`,
+    `--demo true`, `--demo=false`) decides it, not just the literal token "--demo"; it has no --help of its own, so
+    `--demo --help` still lists the demo defaults.
+    """
     parser = HfArgumentParser((ModelArguments, DataArguments, MODATrainingArguments))
     argv = sys.argv[1:] if argv is None else argv
-    if "--demo" in argv:
+    if HfArgumentParser(DataArguments, add_help=False).parse_known_args(argv)[0].demo:
         parser.set_defaults(**DEMO_DEFAULTS)
     return parser.parse_args_into_dataclasses(args=argv)
 
@@ -349,6 +356,9 @@ def main(argv: list[str] | None = None) -> dict:
     }
     model = save_final(trainer, model, processor, model_args, output_dir)
     if trainer.is_world_process_zero():
+        # what `moda describe --fast int8` lets the LM head score (processing/caption_vocabulary.py)
+        vocabulary = build_caption_vocabulary(processor.tokenizer, splits["train"]["description"])
+        save_caption_vocabulary(vocabulary, output_dir)
         for name in ("test", "holdout"):
             if name in splits and len(splits[name]):
                 predictions = generate_descriptions(model, processor, splits[name], data_args)

@@ -13,7 +13,8 @@ from transformers import AutoModel, AutoProcessor, CLIPVisionModelWithProjection
 
 import train_hf
 from processing.catalog import make_catalog
-from processing.data import open_image
+from processing.caption_vocabulary import build_caption_vocabulary, load_caption_vocabulary
+from processing.data import load_fashion_dataset, open_image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,6 +62,12 @@ def test_outputs_and_remote_code_checkpoint(catalogue, tiny_backbones, tmp_path)
     processor = AutoProcessor.from_pretrained(out, trust_remote_code=True)
     samples = _samples(out)
     assert _describe(model, processor, samples) == [sample["generated"] for sample in samples]
+
+    # the tokens of the training captions, for `moda describe --fast int8`'s LM head shortlist
+    vocabulary = load_caption_vocabulary(out)
+    every_caption = build_caption_vocabulary(processor.tokenizer, load_fashion_dataset(catalogue)["description"])
+    assert processor.tokenizer.eos_token_id in vocabulary
+    assert set(vocabulary) <= set(every_caption) and len(vocabulary) > len(every_caption) / 2
 
 
 def test_cache_means_no_vision_forward_after_caching(catalogue, tiny_backbones, tmp_path, monkeypatch):
@@ -147,3 +154,26 @@ def test_accelerate_launch_two_cpu_processes(catalogue, tiny_backbones, tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((out / "metrics.json").read_text())["train"]["train_runtime"] > 0
     assert (out / "model.safetensors").is_file()
+
+
+def _settings(parsed: tuple, names) -> dict:
+    """The parsed values of `names`, whichever argument dataclass holds each."""
+    return {name: next(getattr(args, name) for args in parsed if hasattr(args, name)) for name in names}
+
+
+@pytest.mark.parametrize(
+    "flag, demo",
+    [(["--demo"], True), (["--demo=true"], True), (["--demo", "true"], True), (["--demo=false"], False),
+     (["--demo", "false"], False)],
+)  # fmt: skip
+def test_demo_defaults_follow_the_demo_value_however_it_is_spelled(flag, demo, tmp_path):
+    """HfArgumentParser accepts `--demo=true` for a bool: it must switch on the demo defaults like `--demo` does."""
+
+    def parse(*extra: str) -> tuple:
+        return train_hf.parse_args([*extra, "--output_dir", str(tmp_path), "--num_train_epochs", "3"])
+
+    parsed = parse(*flag)
+    defaults = train_hf.DEMO_DEFAULTS if demo else _settings(parse(), train_hf.DEMO_DEFAULTS)
+    assert parsed[1].demo is demo
+    # the explicit --num_train_epochs beats the demo default
+    assert _settings(parsed, train_hf.DEMO_DEFAULTS) == {**defaults, "num_train_epochs": 3}
