@@ -24,6 +24,8 @@ from transformers.utils import logging
 import modeling_moda  # noqa: F401  (registers the "moda" Auto classes)
 import processing  # noqa: F401  (registers MODAProcessor with AutoProcessor)
 from modeling_moda.fast_inference import optimize_for_cpu
+from modeling_moda.greedy_decoding import greedy_generate, supports_greedy_generate
+from processing.caption_vocabulary import load_caption_vocabulary
 from processing.processing_moda import IMAGE_SUFFIXES, load_rgb_image
 
 logger = logging.get_logger("moda.describe")
@@ -40,22 +42,38 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
+def lean_decoding_applies(model, generate_kwargs: dict) -> bool:
+    """`greedy_generate` covers greedy decoding (no beams, no sampling, only a length) of an OPT decoder."""
+    greedy = generate_kwargs.get("num_beams", 1) == 1 and not generate_kwargs.get("do_sample", False)
+    plain = set(generate_kwargs) <= {"max_new_tokens", "num_beams", "do_sample"}
+    return greedy and plain and supports_greedy_generate(model)
+
+
 @torch.inference_mode()
 def describe_images(
-    model, processor, images: Sequence[Image.Image], batch_size: int = 8, **generate_kwargs
+    model, processor, images: Sequence[Image.Image], batch_size: int = 8, lean: bool = False, **generate_kwargs
 ) -> list[str]:
-    """Descriptions for already-loaded images, generated `batch_size` at a time (left padding keeps batches exact)."""
+    """Descriptions for already-loaded images, generated `batch_size` at a time (left padding keeps batches exact).
+
+    `lean=True` decodes greedily in `greedy_generate`'s loop (same tokens, less time per token) wherever it
+    applies: an OPT decoder, no beams, no sampling; anything else goes through `model.generate`.
+    """
+    lean = lean and lean_decoding_applies(model, generate_kwargs)
     descriptions: list[str] = []
     for start in range(0, len(images), batch_size):
         inputs = processor(images=list(images[start : start + batch_size]), return_tensors="pt").to(model.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-        generated = model.generate(**inputs, **generate_kwargs)
+        if lean:
+            generated = greedy_generate(model, **inputs, max_new_tokens=generate_kwargs.get("max_new_tokens"))
+        else:
+            generated = model.generate(**inputs, **generate_kwargs)
         descriptions.extend(processor.batch_decode(generated, skip_special_tokens=True))
     return descriptions
 
 
 def describe_files(
-    model, processor, paths: Sequence[Path], batch_size: int = 8, progress: bool = True, **generate_kwargs
+    model, processor, paths: Sequence[Path], batch_size: int = 8, progress: bool = True, lean: bool = False,
+    **generate_kwargs,
 ) -> Iterator[dict]:
     """Yields `{"image", "description"}` or `{"image", "error"}` per file, in order, reading a batch at a time."""
     with tqdm(total=len(paths), desc="describing", unit="image", disable=not progress) as bar:
@@ -68,7 +86,8 @@ def describe_files(
                 except ValueError as error:
                     logger.warning(f"skipping {path}: {error}")
                     results[path] = {"image": str(path), "error": str(error)}
-            texts = describe_images(model, processor, [image for _, image in loaded], batch_size, **generate_kwargs)
+            images = [image for _, image in loaded]
+            texts = describe_images(model, processor, images, batch_size, lean=lean, **generate_kwargs)
             for (path, _), text in zip(loaded, texts):
                 results[path] = {"image": str(path), "description": text}
             yield from (results[path] for path in batch)
@@ -102,11 +121,14 @@ FAST_MODES = ("int8", "bf16", "none")
 DEFAULT_FAST = "int8"
 
 
-def load_model(path: str, dtype: str = "float32", fast: str = "none"):
+def load_model(
+    path: str, dtype: str = "float32", fast: str = "none", full_vocabulary: bool = False, quantize_vision: bool = False
+):
     """Model + processor from a local folder or hub id (MODA code comes from this package or the folder).
 
-    `fast="int8"` quantizes the decoder and LM head (see `modeling_moda.fast_inference`); `fast="bf16"` loads
-    bf16 weights. Both are CPU inference paths.
+    `fast="int8"` quantizes the decoder and LM head (see `modeling_moda.fast_inference`), whose rows shrink to
+    the checkpoint's caption vocabulary when it has one (unless `full_vocabulary`), and with `quantize_vision` the
+    vision tower's too; `fast="bf16"` loads bf16 weights. Both are CPU inference paths.
     """
     if fast not in FAST_MODES:
         raise ValueError(f"fast must be one of {FAST_MODES}, got {fast!r}")
@@ -116,7 +138,8 @@ def load_model(path: str, dtype: str = "float32", fast: str = "none"):
         path, dtype=torch.bfloat16 if fast == "bf16" else getattr(torch, dtype), trust_remote_code=True
     ).eval()
     if fast == "int8":
-        model = optimize_for_cpu(model, "int8")
+        vocabulary = None if full_vocabulary else load_caption_vocabulary(path)
+        model = optimize_for_cpu(model, "int8", quantize_vision, vocabulary)
     processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
     return model, processor
 
@@ -136,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_FAST,
         choices=FAST_MODES,
         help=f"CPU speed-up: int8 (quantized decoder, fastest), bf16 weights, or none (default: {DEFAULT_FAST})",
+    )
+    describe.add_argument(
+        "--full-vocabulary",
+        action="store_true",
+        help="with --fast int8: score all tokens, not only the checkpoint's caption_vocabulary.json",
     )
     describe.add_argument(
         "--threads", type=int, help="torch CPU threads (default: one per core; fewer is faster on a busy machine)"
@@ -161,13 +189,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit("--threads must be at least 1")
         torch.set_num_threads(args.threads)
     fast = "none" if args.dtype != "float32" else args.fast  # an explicit --dtype asks for plain weights
-    model, processor = load_model(args.model, args.dtype, fast)
+    model, processor = load_model(args.model, args.dtype, fast, args.full_vocabulary)
     rows = describe_files(
         model,
         processor,
         paths,
         batch_size=args.batch_size,
         progress=not args.no_progress,
+        lean=fast != "none",  # --fast none: exactly transformers' generate
         max_new_tokens=args.max_new_tokens,
         num_beams=args.num_beams,
         do_sample=False,

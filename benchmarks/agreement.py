@@ -19,6 +19,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/...` from a fresh clone
 
 from describe import describe_images, find_images, load_model  # noqa: E402
+
+# mode -> (load_model options, describe_images' lean loop); "int8" is what `moda describe` runs by default.
+MODES = {
+    "int8": ({"fast": "int8"}, True),
+    "int8-generate": ({"fast": "int8"}, False),
+    "int8-full-vocabulary": ({"fast": "int8", "full_vocabulary": True}, True),
+    "int8-vision": ({"fast": "int8", "quantize_vision": True}, True),
+    "bf16": ({"fast": "bf16"}, True),
+}
 from processing import load_rgb_image  # noqa: E402
 
 
@@ -27,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", required=True, help="a trained MODA checkpoint folder")
     parser.add_argument("--images", required=True, nargs="+", help="image files or folders")
     parser.add_argument("--limit", type=int, default=200, help="images compared (the last ones found)")
-    parser.add_argument("--modes", nargs="+", default=["int8"], choices=["int8", "bf16"])
+    parser.add_argument("--modes", nargs="+", default=["int8"], choices=list(MODES))
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -41,9 +50,10 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"model": args.model, "images": len(images), "modes": {}}
     print(f"| mode | same as fp32, batch {args.batch_size} | same as fp32, batch 1 |\n|---|---|---|")
     for mode in args.modes:
-        model, _ = load_model(args.model, fast=mode)
-        batched = describe_images(model, processor, images, args.batch_size, do_sample=False)
-        single = describe_images(model, processor, images, 1, do_sample=False)
+        options, lean = MODES[mode]
+        model, _ = load_model(args.model, **options)
+        batched = describe_images(model, processor, images, args.batch_size, lean=lean, do_sample=False)
+        single = describe_images(model, processor, images, 1, lean=lean, do_sample=False)
         rates = [sum(a == b for a, b in zip(reference, texts)) / len(images) for texts in (batched, single)]
         differing = [{"fp32": a, mode: b} for a, b in zip(reference, batched) if a != b]
         results["modes"][mode] = {"same_batched": rates[0], "same_single": rates[1], "differing": differing}

@@ -15,21 +15,31 @@ to the baseline's: with random weights the logits are nearly tied, so this under
 from __future__ import annotations
 
 import argparse
+
+import measure
 import numpy as np
+import roofline
 import torch
 from PIL import Image
 from transformers import CLIPImageProcessorPil
 
-import measure
-from modeling_moda import MODAForConditionalGeneration, optimize_for_cpu
+from modeling_moda import MODAConfig, MODAForConditionalGeneration, optimize_for_cpu
+from modeling_moda.greedy_decoding import greedy_generate
 
+INT8_ALL = {"dtype": "float32", "fast": "int8", "quantize_vision": True}
 VARIANTS = {
     "baseline": {"label": "transformers fp32 generate (baseline)", "dtype": "float32"},
     "int8": {"label": "MODA int8 (decoder + LM head)", "dtype": "float32", "fast": "int8"},
-    "int8-vision": {"label": "MODA int8 (+ vision tower)", "dtype": "float32", "fast": "int8", "quantize_vision": True},
+    "int8-vision": {"label": "MODA int8 (+ vision tower)", **INT8_ALL},
+    "lean": {"label": "MODA int8 (+ vision) + lean greedy loop", **INT8_ALL, "lean": True},
+    "shortlist": {"label": "MODA int8 (+ vision) + lean loop + caption vocabulary", **INT8_ALL, "lean": True,
+                  "shortlist": True},
     "bf16": {"label": "MODA bf16 weights", "dtype": "bfloat16", "bf16": True},
 }
 GPU_VARIANTS = ["baseline", "bf16"]  # int8 dynamic quantization is a CPU kernel
+# A trained MODA's caption vocabulary (processing/caption_vocabulary.py) has a few thousand tokens; random
+# weights have none, so the shortlist variant keeps this many random token ids (speed grows with the count).
+SHORTLIST_TOKENS = 8192
 
 GOAL_LATENCY_S = 0.35
 GOAL_IMAGES_PER_S = 10.0
@@ -52,7 +62,10 @@ def measure_variant(spec: dict) -> dict:
     model = MODAForConditionalGeneration.from_pretrained(spec["checkpoint"], dtype=getattr(torch, spec["dtype"]))
     model = model.to(spec["device"]).eval()
     if spec.get("fast"):
-        model = optimize_for_cpu(model, spec["fast"], quantize_vision=spec.get("quantize_vision", False))
+        vocabulary = None
+        if spec.get("shortlist"):
+            vocabulary = torch.randperm(model.config.text_config.vocab_size)[: spec["shortlist_tokens"]].tolist()
+        model = optimize_for_cpu(model, spec["fast"], spec.get("quantize_vision", False), vocabulary)
     model.generation_config.eos_token_id = None  # fixed length, without a per-step min-length processor
     image_processor = CLIPImageProcessorPil()
     prompt = [model.config.image_token_id, model.config.text_config.bos_token_id]
@@ -62,13 +75,17 @@ def measure_variant(spec: dict) -> dict:
     def describe(images: list[Image.Image]) -> torch.Tensor:
         pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
         input_ids = torch.tensor([prompt] * len(images), device=spec["device"])
-        generated = model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            pixel_values=pixel_values.to(spec["device"], model.dtype),
-            max_new_tokens=new_tokens,
-            do_sample=False,
-        )
+        pixel_values = pixel_values.to(spec["device"], model.dtype)
+        if spec.get("lean"):
+            generated = greedy_generate(model, input_ids, pixel_values=pixel_values, max_new_tokens=new_tokens)
+        else:
+            generated = model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                pixel_values=pixel_values,
+                max_new_tokens=new_tokens,
+                do_sample=False,
+            )
         return generated[:, len(prompt) :]
 
     images = photos(max(spec["batch_sizes"]), spec["seed"])
@@ -84,9 +101,27 @@ def measure_variant(spec: dict) -> dict:
     return result
 
 
+def print_decoding_floor(args) -> float:
+    """The bandwidth floor under batch-1 decoding: int8 decoder + shortlisted head bytes per token, read each token."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    text = MODAConfig().text_config
+    layer_bytes = 4 * text.hidden_size**2 + 2 * text.hidden_size * text.ffn_dim
+    decoder_bytes = text.num_hidden_layers * layer_bytes + args.shortlist_tokens * text.hidden_size
+    bandwidth = roofline.int8_streaming_gb_per_s()
+    floor = args.new_tokens * decoder_bytes / bandwidth / 1e9
+    print(
+        f"floor: int8 weights stream at {bandwidth:.1f} GB/s here (batch 1, torch's int8 kernel); "
+        f"{decoder_bytes / 1e6:.0f} MB per token x {args.new_tokens} tokens = {floor:.3f} s of decoding "
+        "before the vision tower or any other work"
+    )
+    return round(bandwidth, 2)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--shortlist-tokens", type=int, default=SHORTLIST_TOKENS, help="caption vocabulary size")
     args = measure.parse_arguments(parser, VARIANTS, argv)
     names = args.variants or (GPU_VARIANTS if args.device == "cuda" else measure.default_variants(VARIANTS, "cpu"))
     batch_sizes = [8] if args.quick else [8, 32]
@@ -97,6 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
         names,
         args,
         new_tokens=args.new_tokens,
+        shortlist_tokens=args.shortlist_tokens,
         batch_sizes=batch_sizes,
         repeats=2 if args.quick else 5,
     )
@@ -131,6 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"goal: >= {GOAL_IMAGES_PER_S:g} images/s batched: best {throughput:.2f} "
         f"({'met' if throughput >= GOAL_IMAGES_PER_S else 'missed'})"
     )
+    if args.device == "cpu":
+        info["int8_streaming_gb_per_s"] = print_decoding_floor(args)
     summary = {"machine": info, "new_tokens": args.new_tokens, "results": results}
     for result in results.values():
         result.pop("tokens")

@@ -15,10 +15,12 @@ first step on the same batch, a check that every variant computes the same thing
 from __future__ import annotations
 
 import argparse
-import torch
 
 import measure
-from modeling_moda import MODAForConditionalGeneration
+import roofline
+import torch
+
+from modeling_moda import MODAConfig, MODAForConditionalGeneration
 
 VARIANTS = {
     "baseline": {"label": "transformers fp32, pixel_values, AdamW (baseline)", "images": "pixel_values"},
@@ -88,6 +90,23 @@ def measure_variant(spec: dict) -> dict:
     }
 
 
+def print_compute_ceiling(args) -> float:
+    """The matmul ceiling on samples/s: 6 FLOPs per trained parameter per token, at this CPU's measured peak."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = MODAForConditionalGeneration(MODAConfig())
+    # the tied 50272 x 768 embedding is counted once: a lookup on the way in, the LM head's matmul on the way out
+    trained = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("vision_tower"))
+    sample_gflop = 6 * trained * args.seq_len / 1e9
+    gflops = roofline.matmul_gflops()
+    print(
+        f"ceiling: fp32 matmul peaks at {gflops:.0f} GFLOP/s here; a {args.seq_len}-token sample needs "
+        f"{sample_gflop:.1f} GFLOP (6 x {trained / 1e6:.0f}M trained weights x tokens), so at most "
+        f"{gflops / sample_gflop:.2f} samples/s if every FLOP ran at that peak (goal {ORIGINAL_SAMPLES_PER_S})"
+    )
+    return round(gflops, 1)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=16)
@@ -138,6 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
         + (f" (GPU goal < {GOAL_GPU_RECIPE_S:g} s: {'met' if recipe_s < GOAL_GPU_RECIPE_S else 'missed'})"
            if args.device == "cuda" else "")
     )
+    if args.device == "cpu":
+        info["fp32_matmul_gflops"] = print_compute_ceiling(args)
     settings = {"batch_size": args.batch_size, "seq_len": args.seq_len, "steps": steps}
     summary = {"machine": info, **settings, "results": results}
     measure.write_json(args.json, args.command, summary)

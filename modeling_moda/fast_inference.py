@@ -19,6 +19,7 @@ This module is not imported by `modeling_moda.py`, so it is not copied into save
 from __future__ import annotations
 
 import warnings
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -45,8 +46,55 @@ def untie_lm_head(model: nn.Module) -> nn.Module:
     head = language_model.get_output_embeddings()
     if head.weight.data_ptr() == language_model.get_input_embeddings().weight.data_ptr():
         head.weight = nn.Parameter(head.weight.detach().clone(), requires_grad=False)
-    for config in {id(c): c for c in (model.config.text_config, language_model.config)}.values():
+    stop_tying(model)
+    return model
+
+
+def stop_tying(model: nn.Module) -> None:
+    """Switches `tie_word_embeddings` off, so that no later `tie_weights()` puts the embedding back as the head."""
+    for config in {id(c): c for c in (model.config.text_config, model.language_model.config)}.values():
         config.tie_word_embeddings = False
+
+
+class ShortlistHead(nn.Module):
+    """An LM head that scores only `token_ids`; every other token gets the lowest logit, so it is never chosen.
+
+    Logits keep the full vocabulary's width, so `generate`, the processor and every logits processor work as
+    before; only the matrix product shrinks (50272 rows to a few thousand).
+    """
+
+    def __init__(self, head: nn.Linear, token_ids: Sequence[int]):
+        super().__init__()
+        ids = torch.tensor(sorted(set(token_ids)), dtype=torch.long)
+        if len(ids) == 0 or ids[0] < 0 or ids[-1] >= head.out_features:
+            raise ValueError(f"token ids must be a non-empty subset of 0..{head.out_features - 1}")
+        self.vocab_size = head.out_features
+        self.register_buffer("token_ids", ids, persistent=False)
+        self.shortlist = nn.Linear(head.in_features, len(ids), bias=head.bias is not None)
+        self.shortlist.to(head.weight.dtype)
+        with torch.no_grad():
+            self.shortlist.weight.copy_(head.weight[ids])
+            if head.bias is not None:
+                self.shortlist.bias.copy_(head.bias[ids])
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        scores = self.shortlist(hidden_states)
+        logits = scores.new_full((*scores.shape[:-1], self.vocab_size), torch.finfo(scores.dtype).min)
+        return logits.index_copy_(-1, self.token_ids, scores)
+
+
+def restrict_vocabulary(model: nn.Module, token_ids: Sequence[int]) -> nn.Module:
+    """Makes `model` write only `token_ids` (plus EOS): a `ShortlistHead` replaces the LM head, in place.
+
+    For a model fine-tuned on captions, `token_ids` are the tokens of its training captions
+    (`processing.caption_vocabulary`); it never puts a higher score on any other token, so greedy descriptions
+    stay the same while each step reads a tenth of the head.
+    """
+    eos = model.generation_config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    language_model = model.language_model
+    language_model.set_output_embeddings(ShortlistHead(language_model.get_output_embeddings(), [*token_ids, *eos]))
+    stop_tying(model)
     return model
 
 
@@ -57,7 +105,9 @@ def quantize_linear_int8(module: nn.Module) -> nn.Module:
         return torch.ao.quantization.quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
-def optimize_for_cpu(model: nn.Module, mode: str = "int8", quantize_vision: bool = False) -> nn.Module:
+def optimize_for_cpu(
+    model: nn.Module, mode: str = "int8", quantize_vision: bool = False, vocabulary: Sequence[int] | None = None
+) -> nn.Module:
     """Returns `model` (changed in place, eval mode, no grads) set up for fast CPU inference.
 
     Args:
@@ -66,6 +116,8 @@ def optimize_for_cpu(model: nn.Module, mode: str = "int8", quantize_vision: bool
             bf16; same as `from_pretrained(..., dtype=torch.bfloat16)`), or `"fp32"` (unchanged).
         quantize_vision: also quantize the vision tower's linear layers (int8 mode only); faster for large
             batches, at some cost to the image embedding's precision.
+        vocabulary: token ids the model may write (its training captions' tokens); the LM head then scores only
+            these (`restrict_vocabulary`). None scores the whole vocabulary.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -76,15 +128,19 @@ def optimize_for_cpu(model: nn.Module, mode: str = "int8", quantize_vision: bool
     if model.dtype != torch.float32 and mode != "fp32":
         raise ValueError(f"optimize_for_cpu starts from float32 weights, got {model.dtype}")
     model.eval().requires_grad_(False)
+    if vocabulary is not None:
+        restrict_vocabulary(model, vocabulary)
     if mode == "bf16":
         if not cpu_has_native_bf16():
             logger.warning("this CPU has no native bf16: bf16 matmuls are emulated and may be slower than fp32")
         return model.to(torch.bfloat16)
     if mode == "int8":
-        model.language_model = quantize_linear_int8(untie_lm_head(model).language_model)
+        if vocabulary is None:
+            untie_lm_head(model)
+        model.language_model = quantize_linear_int8(model.language_model)
         if quantize_vision:
             model.vision_tower = quantize_linear_int8(model.vision_tower)
     return model
 
 
-__all__ = ["MODES", "cpu_has_native_bf16", "optimize_for_cpu", "untie_lm_head"]
+__all__ = ["MODES", "ShortlistHead", "cpu_has_native_bf16", "optimize_for_cpu", "restrict_vocabulary", "untie_lm_head"]

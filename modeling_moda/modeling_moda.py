@@ -192,6 +192,29 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         image_features = image_features.to(inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(image_mask.unsqueeze(-1), image_features)
 
+    def embed_inputs(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_embeds: torch.FloatTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+    ) -> torch.FloatTensor:
+        """The language model's input sequence: token embeddings with image features over the placeholders."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if pixel_values is not None and image_embeds is not None:
+            raise ValueError("pass either pixel_values or image_embeds, not both")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        if pixel_values is not None:
+            image_embeds = self.get_image_embeds(pixel_values)
+        if image_embeds is not None:
+            if input_ids is None:
+                raise ValueError("image inputs need input_ids to locate the <image> placeholders")
+            inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_embeds)
+        return inputs_embeds
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -211,20 +234,7 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
             Next-token targets aligned with `input_ids`; -100 positions are ignored. Image positions are
             always ignored.
         """
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        if pixel_values is not None and image_embeds is not None:
-            raise ValueError("pass either pixel_values or image_embeds, not both")
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
-
-        if pixel_values is not None:
-            image_embeds = self.get_image_embeds(pixel_values)
-        if image_embeds is not None:
-            if input_ids is None:
-                raise ValueError("image inputs need input_ids to locate the <image> placeholders")
-            inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, image_embeds)
-
+        inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_embeds, inputs_embeds)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
