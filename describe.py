@@ -161,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"CPU speed-up: int8 (quantized decoder, fastest), bf16 weights, or none (default: {DEFAULT_FAST})",
     )
     describe.add_argument(
+        "--quantize-vision",
+        action="store_true",
+        help="with --fast int8: also quantize the vision tower (faster batches; see README, Performance)",
+    )
+    describe.add_argument(
         "--full-vocabulary",
         action="store_true",
         help="with --fast int8: score all tokens, not only the checkpoint's caption_vocabulary.json",
@@ -189,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit("--threads must be at least 1")
         torch.set_num_threads(args.threads)
     fast = "none" if args.dtype != "float32" else args.fast  # an explicit --dtype asks for plain weights
-    model, processor = load_model(args.model, args.dtype, fast, args.full_vocabulary)
+    model, processor = load_model(args.model, args.dtype, fast, args.full_vocabulary, args.quantize_vision)
     rows = describe_files(
         model,
         processor,

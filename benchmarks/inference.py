@@ -26,14 +26,16 @@ from transformers import CLIPImageProcessorPil
 from modeling_moda import MODAConfig, MODAForConditionalGeneration, optimize_for_cpu
 from modeling_moda.greedy_decoding import greedy_generate
 
-INT8_ALL = {"dtype": "float32", "fast": "int8", "quantize_vision": True}
+INT8 = {"dtype": "float32", "fast": "int8"}
 VARIANTS = {
     "baseline": {"label": "transformers fp32 generate (baseline)", "dtype": "float32"},
-    "int8": {"label": "MODA int8 (decoder + LM head)", "dtype": "float32", "fast": "int8"},
-    "int8-vision": {"label": "MODA int8 (+ vision tower)", **INT8_ALL},
-    "lean": {"label": "MODA int8 (+ vision) + lean greedy loop", **INT8_ALL, "lean": True},
-    "shortlist": {"label": "MODA int8 (+ vision) + lean loop + caption vocabulary", **INT8_ALL, "lean": True,
-                  "shortlist": True},
+    "int8": {"label": "MODA int8 decoder + LM head", **INT8},
+    "int8-vision": {"label": "MODA int8 + int8 vision tower", **INT8, "quantize_vision": True},
+    "lean": {"label": "MODA int8 + lean greedy loop", **INT8, "lean": True},
+    "cli": {"label": "MODA int8 + lean loop + caption vocabulary (CLI default)", **INT8, "lean": True,
+            "shortlist": True},
+    "cli-vision": {"label": "CLI default + int8 vision tower (--quantize-vision)", **INT8, "lean": True,
+                   "shortlist": True, "quantize_vision": True},
     "bf16": {"label": "MODA bf16 weights", "dtype": "bfloat16", "bf16": True},
 }
 GPU_VARIANTS = ["baseline", "bf16"]  # int8 dynamic quantization is a CPU kernel

@@ -9,9 +9,9 @@ so the decoder's bytes over the speed at which the int8 kernel streams weights f
 
 from __future__ import annotations
 
-import time
 import warnings
 
+import measure
 import torch
 from torch import nn
 
@@ -19,13 +19,8 @@ from modeling_moda.fast_inference import quantize_linear_int8
 
 
 def best_seconds(function, repeats: int) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    function()  # warm-up
+    return measure.seconds(function, "cpu", repeats)
 
 
 def matmul_gflops(rows: int = 464, inner: int = 768, columns: int = 3072, repeats: int = 20) -> float:

@@ -7,8 +7,8 @@
 Real-size architecture with random weights, the original recipe's trainable set (vision tower frozen; projector
 and OPT-125M trained). One step = forward, backward, optimizer step on a batch of `--batch-size` captions of
 `--seq-len` tokens. MODA's settings: the frozen-feature cache (`image_embeds` computed once per dataset, so CLIP
-leaves the step), fused AdamW (`torch.optim.AdamW(fused=True)`, Trainer's `optim="adamw_torch_fused"`) and bf16
-autocast. Each variant runs in its own process from the same saved weights; "step-1 loss" is the loss of the
+leaves the step), fused AdamW (`torch.optim.AdamW(fused=True)`, Trainer's `optim="adamw_torch_fused"`), bf16
+autocast and `torch.compile` (its compile time falls in the untimed warm-up step). Each variant runs in its own process from the same saved weights; "step-1 loss" is the loss of the
 first step on the same batch, a check that every variant computes the same thing.
 """
 
@@ -31,6 +31,10 @@ VARIANTS = {
     "cache-fp32": {"label": "MODA fp32, feature cache, fused AdamW", "images": "image_embeds", "fused": True},
     "cache-bf16": {
         "label": "MODA bf16 autocast, feature cache, fused AdamW", "images": "image_embeds", "fused": True, "bf16": True
+    },
+    "cache-compile": {
+        "label": "MODA fp32, feature cache, fused AdamW, torch.compile", "images": "image_embeds", "fused": True,
+        "compile": True,
     },
 }
 
@@ -71,9 +75,11 @@ def measure_variant(spec: dict) -> dict:
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=spec.get("bf16", False))
     losses = []
 
+    forward = torch.compile(model) if spec.get("compile") else model  # compiles during the warm-up step
+
     def step() -> None:
         with autocast:
-            loss = model(**batch).loss
+            loss = forward(**batch).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

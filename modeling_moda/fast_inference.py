@@ -1,14 +1,17 @@
-"""Faster MODA inference on CPU, applied to a loaded model: int8 dynamic quantization or bf16 weights.
+"""Faster MODA inference on CPU, applied to a loaded model: int8 dynamic quantization or bf16 weights, and an LM
+head shortlisted to the tokens the model was trained to write.
 
     model = AutoModel.from_pretrained("path/to/moda", trust_remote_code=True)
-    model = optimize_for_cpu(model, mode="int8")  # then model.generate(...) as usual
+    model = optimize_for_cpu(model, mode="int8", vocabulary=load_caption_vocabulary("path/to/moda"))
+    # then model.generate(...) as usual, or modeling_moda.greedy_decoding.greedy_generate for less time per token
 
 Why int8: decoding one description at batch 1 is memory-bound; every new token reads all of OPT-125M's weights
 (500 MB in fp32, 125 MB in int8), and the tied 50272x768 LM head alone is a third of them. `quantize_dynamic`
 stores the decoder's and the head's nn.Linear weights as int8 and quantizes activations on the fly.
 The vision tower runs once per image and stays in fp32 unless `quantize_vision=True`; the projector (two
 layers, once per image) always stays fp32. bf16 halves the weights instead; it pays only on CPUs with native
-bf16 (AVX512-BF16 or AMX), which `cpu_has_native_bf16` reports.
+bf16 (AVX512-BF16 or AMX), which `cpu_has_native_bf16` reports. A `vocabulary` (the training captions' token
+ids, `processing.caption_vocabulary`) shrinks the head from 50272 rows to those tokens (`restrict_vocabulary`).
 
 int8 quantizes activations with one scale per tensor, so a description can depend on the other images in its
 batch, and greedy text can differ from fp32 after a near-tied token; mode="fp32" keeps outputs exact.

@@ -100,7 +100,9 @@ def greedy_generate(
             f"{model.config.text_config.model_type!r}: use model.generate"
         )
     generation_config = model.generation_config
-    max_new_tokens = max_new_tokens or generation_config.max_new_tokens
+    max_new_tokens = generation_config.max_new_tokens if max_new_tokens is None else max_new_tokens
+    if max_new_tokens is None or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1 (argument or generation config), got {max_new_tokens}")
     eos_ids = generation_config.eos_token_id
     eos_ids = torch.tensor([] if eos_ids is None else [eos_ids] if isinstance(eos_ids, int) else eos_ids)
     pad_id = generation_config.pad_token_id if generation_config.pad_token_id is not None else 0

@@ -56,3 +56,26 @@ def test_bad_flags_stop_before_loading_the_model(tmp_path, photos):
                            (["--out", str(tmp_path / "missing" / "r.jsonl")], "does not exist")):
         with pytest.raises(SystemExit, match=message):
             main(["describe", str(paths[0]), "--model", str(tmp_path / "no-model"), *flags])
+
+
+def test_default_fast_path_writes_what_int8_generate_writes(tmp_path, tiny_checkpoint, photos, monkeypatch):
+    """The CLI's default (int8, lean greedy loop) describes exactly as `generate` on the same int8 model."""
+    import describe
+
+    loaded = {}
+
+    def remember(*args, **kwargs):
+        loaded["model"], loaded["processor"] = load_model(*args, **kwargs)
+        return loaded["model"], loaded["processor"]
+
+    load_model = describe.load_model
+    monkeypatch.setattr(describe, "load_model", remember)
+    paths = write_photos(tmp_path / "photos", photos)
+    out = tmp_path / "results.jsonl"
+    assert main(["describe", str(tmp_path / "photos"), "--model", str(tiny_checkpoint), "--out", str(out),
+                 "--no-progress", "--max-new-tokens", "10", "--quantize-vision"]) == 0
+    model, processor = loaded["model"], loaded["processor"]
+    assert "quantized" in type(model.vision_tower.vision_model.encoder.layers[0].mlp.fc1).__module__
+    expected = processor.batch_decode(model.generate(**processor(images=photos), max_new_tokens=10, do_sample=False))
+    rows = {row["image"]: row["description"] for row in map(json.loads, out.read_text().splitlines())}
+    assert [rows[str(path)] for path in paths] == expected

@@ -91,3 +91,11 @@ def test_other_language_models_are_refused(tiny_model, tiny_processor, photos8):
     assert not supports_greedy_generate(other)
     with pytest.raises(ValueError, match="gpt2.*model.generate"):
         greedy_generate(other, **tiny_processor(images=photos8[:1]))
+
+
+def test_a_length_is_required(no_eos_model, tiny_processor, photos8):
+    no_eos_model.generation_config.max_new_tokens = None
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        greedy_generate(no_eos_model, **tiny_processor(images=photos8[:1]))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        greedy_generate(no_eos_model, **tiny_processor(images=photos8[:1]), max_new_tokens=-2)
