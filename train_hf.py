@@ -35,7 +35,7 @@ import modeling_moda  # noqa: F401  (registers the "moda" Auto classes)
 from modeling_moda import MODAForConditionalGeneration
 from processing import MODAProcessor
 from processing.caption_vocabulary import build_caption_vocabulary, save_caption_vocabulary
-from processing.data import MODACollator, drop_unusable, load_fashion_dataset, open_image, split_dataset
+from processing.data import MODACollator, cell_text, drop_unusable, load_fashion_dataset, open_image, split_dataset
 from processing.feature_cache import add_image_embeds, cached_embeds
 
 logger = logging.get_logger("moda.train")
@@ -263,7 +263,8 @@ def score_descriptions(predictions: list[str], dataset: datasets.Dataset) -> dic
         "rougeL": load_metric("rouge").compute(predictions=predictions, references=references)["rougeL"],
     }
     if set(METADATA_COLUMNS) <= set(dataset.column_names):
-        attribute_refs = [{name: str(dataset[name][i] or "") for name in METADATA_COLUMNS} for i in range(len(dataset))]
+        columns = {name: dataset[name] for name in METADATA_COLUMNS}
+        attribute_refs = [{name: cell_text(cells[i]) for name, cells in columns.items()} for i in range(len(dataset))]
         scores.update(load_metric("fashion_attributes").compute(predictions=predictions, references=attribute_refs))
     return scores
 

@@ -99,7 +99,20 @@ GENDER_WORDS: dict[str, tuple[str, ...]] = {
     "Boys": ("boys", "boy"),
     "Girls": ("girls", "girl"),
 }
-_GENDER_POSSESSIVE = {"Men": "men's", "Women": "women's", "Boys": "boys'", "Girls": "girls'"}
+_GENDER_POSSESSIVE = {"Men": "men's", "Women": "women's", "Boys": "boys'", "Girls": "girls'", "Unisex": "unisex"}
+
+
+def gender_possessive(gender: str) -> str:
+    """The word a caption puts before the noun: "men's", "girls'", "unisex" (not "girls's" or "unisex's").
+
+    Other values take "'s", or only the apostrophe when they end in "s".
+    """
+    known = _GENDER_POSSESSIVE.get(gender.strip().capitalize())
+    if known:
+        return known
+    word = gender.strip().lower()
+    return f"{word}'" if word.endswith("s") else f"{word}'s"
+
 
 USAGE_PHRASES: dict[str, tuple[str, ...]] = {
     "Casual": ("casual wear", "everyday wear"),
@@ -344,7 +357,7 @@ def describe(product_type: ProductType, colour: str, pattern: str, gender: str, 
     else:
         article = "An" if colour_words[0] in "aeiou" else "A"
     templates = (
-        f"{article} {colour_words} {_GENDER_POSSESSIVE[gender]} {pattern_word} {noun}, perfect for {usage_phrase}.",
+        f"{article} {colour_words} {gender_possessive(gender)} {pattern_word} {noun}, perfect for {usage_phrase}.",
         f"{colour_words.capitalize()} {pattern_word} {noun} for {gender_plural}, ideal for {usage_phrase}.",
         f"{pattern_word.capitalize()} {noun} in {colour_words} for {gender_plural}, made for {usage_phrase}.",
         f"Stylish {colour_words} {noun} with a {pattern_word} look, a great pick for {usage_phrase}.",

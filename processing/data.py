@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from transformers.utils import logging
 
-from .catalog import product_noun
+from .catalog import gender_possessive, product_noun
 from .processing_moda import IMAGE_SUFFIXES, MODAProcessor, load_rgb_image
 
 logger = logging.get_logger(__name__)
@@ -145,7 +145,7 @@ def caption_from_metadata(row: dict, where: str = "a row") -> str:
     colour, product_type, gender, usage = (cell_text(row.get(name)) for name in METADATA_COLUMNS)
     if not product_type:
         raise ValueError(f"{where} has no description and no ProductType to build one from")
-    words = ("A", colour.lower(), f"{gender.lower()}'s" if gender else "", product_noun(product_type))
+    words = ("A", colour.lower(), gender_possessive(gender) if gender else "", product_noun(product_type))
     caption = " ".join(word for word in words if word)
     return f"{caption}, made for {usage.lower()} wear." if usage else f"{caption}."
 

@@ -63,6 +63,8 @@ def test_captions_from_metadata_leave_out_empty_cells(catalogue, tmp_path):
         (("Navy Blue", "Men", "Shirts", ""), "A navy blue men's shirt."),
         (("Red", "", "Tshirts", "Casual"), "A red t-shirt, made for casual wear."),
         (("", "", "Tops", ""), "A top."),
+        (("Pink", "Girls", "Tops", ""), "A pink girls' top."),
+        (("White", "Unisex", "Tshirts", "Casual"), "A white unisex t-shirt, made for casual wear."),
     ]
     rows = [
         {"Image": image, "description": "", **dict(zip(("Colour", "Gender", "ProductType", "Usage"), cells))}
