@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fast_inference import ShortlistHead
+
 
 def supports_greedy_generate(model: nn.Module) -> bool:
     """True when `model`'s language model is a pre-LayerNorm OPT decoder, the one architecture this loop implements."""
@@ -80,6 +82,16 @@ def attention_mask_for(
     return visible | (positions.unsqueeze(0) == query_positions)
 
 
+def best_tokens(head: nn.Module, hidden: torch.Tensor) -> torch.LongTensor:
+    """The LM head's argmax; a `ShortlistHead` is scored on its own rows, never widened to the whole vocabulary.
+
+    Its token ids are sorted, so ties resolve to the lowest id, as the full-width argmax does.
+    """
+    if isinstance(head, ShortlistHead):
+        return head.token_ids[head.shortlist(hidden).argmax(-1)]
+    return head(hidden).argmax(-1)
+
+
 @torch.inference_mode()
 def greedy_generate(
     model: nn.Module,
@@ -138,7 +150,7 @@ def greedy_generate(
         last = decoder.final_layer_norm(hidden[:, -1])
         if decoder.project_out is not None:
             last = decoder.project_out(last)
-        tokens = head(last).argmax(-1)
+        tokens = best_tokens(head, last)
         tokens = torch.where(unfinished, tokens, torch.full_like(tokens, pad_id))
         new_tokens.append(tokens)
         unfinished &= ~torch.isin(tokens, eos_ids)
