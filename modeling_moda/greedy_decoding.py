@@ -6,10 +6,10 @@
 Why: a MODA description is 32 tokens from a 125M decoder, so on a CPU every token pays for OPT's module
 tree, the `DynamicCache` concatenations and `generate`'s logits processors and stopping criteria. This loop calls
 the model's own submodules (its layer norms and linear layers, quantized or not) directly, writes keys and values
-into one preallocated cache, and picks the argmax: about 20% less time per description at batch 1 on a 2-core
-CPU (benchmarks/inference.py). It covers what the CLI and the Space run, greedy decoding of a pre-LayerNorm
-OPT decoder (OPT-125M, MODA's language model); `supports_greedy_generate` says when, and everything else goes
-through `model.generate`. tests/test_greedy_decoding.py checks it writes the tokens `generate` writes.
+into one preallocated cache, and picks the argmax (benchmarks/inference.py's "lean" rows measure it). It covers
+what `moda describe` runs, greedy decoding of a pre-LayerNorm OPT decoder (OPT-125M, MODA's language model);
+`supports_greedy_generate` says when, and everything else goes through `model.generate`.
+tests/test_greedy_decoding.py checks it writes the tokens `generate` writes.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class KeyValueCache:
 def decoder_layer_step(
     layer: nn.Module, hidden: torch.Tensor, cache: KeyValueCache, index: int, start: int, mask: torch.Tensor | None
 ) -> torch.Tensor:
-    """OPT's pre-LayerNorm decoder layer (self-attention, then ReLU MLP) on new positions `start:start + S`."""
+    """OPT's pre-LayerNorm decoder layer (self-attention, then the MLP) on new positions `start:start + S`."""
     attention = layer.self_attn
     batch, length, width = hidden.shape
     heads, head_dim = attention.num_heads, attention.head_dim
@@ -116,7 +116,8 @@ def greedy_generate(
     if max_new_tokens is None or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1 (argument or generation config), got {max_new_tokens}")
     eos_ids = generation_config.eos_token_id
-    eos_ids = torch.tensor([] if eos_ids is None else [eos_ids] if isinstance(eos_ids, int) else eos_ids)
+    eos_ids = [] if eos_ids is None else [eos_ids] if isinstance(eos_ids, int) else eos_ids
+    eos_ids = torch.tensor(eos_ids, dtype=torch.long, device=input_ids.device)
     pad_id = generation_config.pad_token_id if generation_config.pad_token_id is not None else 0
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
