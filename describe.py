@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--fast",
         default=DEFAULT_FAST,
         choices=FAST_MODES,
-        help=f"CPU speed-up: int8 (quantized decoder, fastest), bf16 weights, or none (default: {DEFAULT_FAST})",
+        help=f"CPU speed-up: int8 (int8 decoder, caption vocabulary, lean greedy loop: fastest), bf16 weights, or "
+        f"none (exactly transformers' fp32 generate) (default: {DEFAULT_FAST})",
     )
     describe.add_argument(
         "--quantize-vision",
@@ -194,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit("--threads must be at least 1")
         torch.set_num_threads(args.threads)
     fast = "none" if args.dtype != "float32" else args.fast  # an explicit --dtype asks for plain weights
+    for flag, given in (("--quantize-vision", args.quantize_vision), ("--full-vocabulary", args.full_vocabulary)):
+        if given and fast != "int8":
+            raise SystemExit(f"{flag} applies to --fast int8 with --dtype float32 only")
     model, processor = load_model(args.model, args.dtype, fast, args.full_vocabulary, args.quantize_vision)
     rows = describe_files(
         model,

@@ -53,7 +53,9 @@ def test_csv_output_and_explicit_files(tmp_path, tiny_checkpoint, photos):
 def test_bad_flags_stop_before_loading_the_model(tmp_path, photos):
     paths = write_photos(tmp_path / "photos", photos[:1])
     for flags, message in ((["--max-new-tokens", "0"], "--max-new-tokens"), (["--num-beams", "-1"], "--num-beams"),
-                           (["--out", str(tmp_path / "missing" / "r.jsonl")], "does not exist")):
+                           (["--out", str(tmp_path / "missing" / "r.jsonl")], "does not exist"),
+                           (["--fast", "none", "--quantize-vision"], "--quantize-vision applies to --fast int8"),
+                           (["--dtype", "bfloat16", "--full-vocabulary"], "--full-vocabulary applies")):
         with pytest.raises(SystemExit, match=message):
             main(["describe", str(paths[0]), "--model", str(tmp_path / "no-model"), *flags])
 
