@@ -391,7 +391,8 @@ def report(metrics: dict, output_dir: Path) -> None:
             f"(colour {test['colour_accuracy']:.1%}, type {test['product_type_accuracy']:.1%}, "
             f"contradictions {test['contradiction_rate']:.1%})"
         )
-    print(f"model, processor, metrics.json, loss_curve.png and samples.jsonl are in {output_dir}")
+    outputs = "model, processor, caption_vocabulary.json, metrics.json, loss_curve.png and samples.jsonl"
+    print(f"{outputs} are in {output_dir}")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ Real-size architecture with random weights, the original recipe's trainable set 
 and OPT-125M trained). One step = forward, backward, optimizer step on a batch of `--batch-size` captions of
 `--seq-len` tokens. MODA's settings: the frozen-feature cache (`image_embeds` computed once per dataset, so CLIP
 leaves the step), fused AdamW (`torch.optim.AdamW(fused=True)`, Trainer's `optim="adamw_torch_fused"`), bf16
-autocast and `torch.compile` (its compile time falls in the untimed warm-up step). Each variant runs in its own process from the same saved weights; "step-1 loss" is the loss of the
-first step on the same batch, a check that every variant computes the same thing.
+autocast and `torch.compile` (its compile time falls in the untimed warm-up step). Each variant runs in its own
+process from the same saved weights; "step-1 loss" is the loss of the first step on the same batch, a check that
+every variant computes the same thing.
 """
 
 from __future__ import annotations
