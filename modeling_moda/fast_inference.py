@@ -86,6 +86,12 @@ class ShortlistHead(nn.Module):
         return logits.index_copy_(-1, self.token_ids, scores)
 
 
+def eos_token_ids(generation_config) -> list[int]:
+    """The generation config's EOS ids as a list: it may hold none, one id or several."""
+    eos = generation_config.eos_token_id
+    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+
 def restrict_vocabulary(model: nn.Module, token_ids: Sequence[int]) -> nn.Module:
     """Makes `model` write only `token_ids` (plus EOS): a `ShortlistHead` replaces the LM head, in place.
 
@@ -93,8 +99,7 @@ def restrict_vocabulary(model: nn.Module, token_ids: Sequence[int]) -> nn.Module
     (`processing.caption_vocabulary`); it never puts a higher score on any other token, so greedy descriptions
     stay the same while each step reads a tenth of the head.
     """
-    eos = model.generation_config.eos_token_id
-    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    eos = eos_token_ids(model.generation_config)
     language_model = model.language_model
     language_model.set_output_embeddings(ShortlistHead(language_model.get_output_embeddings(), [*token_ids, *eos]))
     stop_tying(model)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fast_inference import ShortlistHead
+from .fast_inference import ShortlistHead, eos_token_ids
 
 
 def supports_greedy_generate(model: nn.Module) -> bool:
@@ -115,9 +115,7 @@ def greedy_generate(
     max_new_tokens = generation_config.max_new_tokens if max_new_tokens is None else max_new_tokens
     if max_new_tokens is None or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1 (argument or generation config), got {max_new_tokens}")
-    eos_ids = generation_config.eos_token_id
-    eos_ids = [] if eos_ids is None else [eos_ids] if isinstance(eos_ids, int) else eos_ids
-    eos_ids = torch.tensor(eos_ids, dtype=torch.long, device=input_ids.device)
+    eos_ids = torch.tensor(eos_token_ids(generation_config), dtype=torch.long, device=input_ids.device)
     pad_id = generation_config.pad_token_id if generation_config.pad_token_id is not None else 0
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)

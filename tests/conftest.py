@@ -76,6 +76,22 @@ def make_photo(seed: int, size: tuple[int, int] = (48, 40)) -> Image.Image:
     return Image.fromarray(pixels)
 
 
+GREEDY_TOKENS = 8  # new tokens of the fp32 reference descriptions below
+
+
+@pytest.fixture(scope="session")
+def photo_batch(tiny_processor):
+    """24 distinct photos, processed: the batch the fast paths are compared on."""
+    return tiny_processor(images=[make_photo(seed) for seed in range(24)])
+
+
+@pytest.fixture(scope="session")
+def fp32_tokens(tiny_model, photo_batch) -> torch.Tensor:
+    """The tiny fp32 model's greedy descriptions of `photo_batch`: the reference every fast path is held to."""
+    with torch.inference_mode():
+        return tiny_model.generate(**photo_batch, max_new_tokens=GREEDY_TOKENS, do_sample=False)
+
+
 @pytest.fixture
 def photos() -> list[Image.Image]:
     return [make_photo(seed) for seed in range(4)]

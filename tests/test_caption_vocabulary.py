@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import FASHION_TEXTS, make_photo
+from conftest import FASHION_TEXTS, GREEDY_TOKENS
 
 from describe import load_model
 from modeling_moda import optimize_for_cpu
@@ -18,18 +18,7 @@ from processing.caption_vocabulary import (
     save_caption_vocabulary,
 )
 
-NEW_TOKENS = 10
-
-
-@pytest.fixture(scope="module")
-def photo_inputs(tiny_processor):
-    return tiny_processor(images=[make_photo(seed) for seed in range(12)])
-
-
-@pytest.fixture(scope="module")
-def fp32_tokens(tiny_model, photo_inputs) -> torch.Tensor:
-    with torch.inference_mode():
-        return tiny_model.generate(**photo_inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+NEW_TOKENS = GREEDY_TOKENS
 
 
 def test_vocabulary_holds_every_caption_token_and_eos(tiny_processor):
@@ -57,16 +46,16 @@ def test_a_broken_vocabulary_file_is_named(tmp_path, content):
         load_caption_vocabulary(tmp_path)
 
 
-def test_shortlist_keeps_greedy_descriptions_and_never_writes_other_tokens(tiny_model, photo_inputs, fp32_tokens):
-    written = sorted(set(fp32_tokens[:, photo_inputs["input_ids"].shape[1] :].flatten().tolist()))
+def test_shortlist_keeps_greedy_descriptions_and_never_writes_other_tokens(tiny_model, photo_batch, fp32_tokens):
+    written = sorted(set(fp32_tokens[:, photo_batch["input_ids"].shape[1] :].flatten().tolist()))
     shortlisted = restrict_vocabulary(copy.deepcopy(tiny_model), written)
     assert isinstance(shortlisted.language_model.get_output_embeddings(), ShortlistHead)
     with torch.inference_mode():
-        generated = shortlisted.generate(**photo_inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+        generated = shortlisted.generate(**photo_batch, max_new_tokens=NEW_TOKENS, do_sample=False)
         assert torch.equal(generated, fp32_tokens)
-        assert torch.equal(greedy_generate(shortlisted, **photo_inputs, max_new_tokens=NEW_TOKENS), fp32_tokens)
-        full = tiny_model(**photo_inputs).logits
-        short = shortlisted(**photo_inputs).logits
+        assert torch.equal(greedy_generate(shortlisted, **photo_batch, max_new_tokens=NEW_TOKENS), fp32_tokens)
+        full = tiny_model(**photo_batch).logits
+        short = shortlisted(**photo_batch).logits
     kept = torch.tensor(written + [tiny_model.generation_config.eos_token_id])
     assert short.shape == full.shape
     torch.testing.assert_close(short[..., kept], full[..., kept])
@@ -75,14 +64,14 @@ def test_shortlist_keeps_greedy_descriptions_and_never_writes_other_tokens(tiny_
     assert (short[..., others] == torch.finfo(short.dtype).min).all()
 
 
-def test_a_smaller_shortlist_changes_only_what_it_must(tiny_model, photo_inputs, fp32_tokens):
+def test_a_smaller_shortlist_changes_only_what_it_must(tiny_model, photo_batch, fp32_tokens):
     """Dropping a token the model wrote forces another choice there: the shortlist is really applied."""
-    prompt_length = photo_inputs["input_ids"].shape[1]
+    prompt_length = photo_batch["input_ids"].shape[1]
     written = set(fp32_tokens[:, prompt_length:].flatten().tolist())
     dropped = fp32_tokens[0, prompt_length].item()
     model = restrict_vocabulary(copy.deepcopy(tiny_model), sorted(written - {dropped}))
     with torch.inference_mode():
-        tokens = model.generate(**photo_inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+        tokens = model.generate(**photo_batch, max_new_tokens=NEW_TOKENS, do_sample=False)
     assert not (tokens[:, prompt_length:] == dropped).any()
     unaffected = ~(fp32_tokens[:, prompt_length:] == dropped).any(dim=1)
     assert torch.equal(tokens[unaffected], fp32_tokens[unaffected])
@@ -93,15 +82,15 @@ def test_shortlist_rejects_ids_outside_the_vocabulary(tiny_model):
         restrict_vocabulary(copy.deepcopy(tiny_model), [tiny_model.config.text_config.vocab_size + 5])
 
 
-def test_int8_with_shortlist_quantizes_the_shortlist(tiny_model, photo_inputs, fp32_tokens):
+def test_int8_with_shortlist_quantizes_the_shortlist(tiny_model, photo_batch, fp32_tokens):
     written = sorted(set(fp32_tokens.flatten().tolist()))
     fast = optimize_for_cpu(copy.deepcopy(tiny_model), "int8", vocabulary=written)
     head = fast.language_model.get_output_embeddings()
     assert isinstance(head, ShortlistHead)
     assert "quantized" in type(head.shortlist).__module__
     with torch.inference_mode():
-        tokens = greedy_generate(fast, **photo_inputs, max_new_tokens=NEW_TOKENS)
-    assert set(tokens[:, photo_inputs["input_ids"].shape[1] :].flatten().tolist()) <= set(written) | {
+        tokens = greedy_generate(fast, **photo_batch, max_new_tokens=NEW_TOKENS)
+    assert set(tokens[:, photo_batch["input_ids"].shape[1] :].flatten().tolist()) <= set(written) | {
         tiny_model.generation_config.pad_token_id
     }
 

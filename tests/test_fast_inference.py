@@ -13,24 +13,13 @@ import json
 
 import pytest
 import torch
-from conftest import make_photo
+from conftest import GREEDY_TOKENS
 
 from describe import load_model, main
 from modeling_moda import optimize_for_cpu
 from modeling_moda.fast_inference import untie_lm_head
 
-NEW_TOKENS = 8
-
-
-@pytest.fixture(scope="module")
-def agreement_inputs(tiny_processor):
-    return tiny_processor(images=[make_photo(seed) for seed in range(24)])
-
-
-@pytest.fixture(scope="module")
-def fp32_tokens(tiny_model, agreement_inputs) -> torch.Tensor:
-    with torch.inference_mode():
-        return tiny_model.generate(**agreement_inputs, max_new_tokens=NEW_TOKENS, do_sample=False)
+NEW_TOKENS = GREEDY_TOKENS
 
 
 def agreement(model, inputs, reference: torch.Tensor) -> tuple[float, float]:
@@ -53,17 +42,17 @@ def agreement(model, inputs, reference: torch.Tensor) -> tuple[float, float]:
     [("int8", 0.3, 0.8), ("bf16", 0.4, 0.9)],
 )
 def test_fast_descriptions_agree_with_fp32_greedy(
-    tiny_model, agreement_inputs, fp32_tokens, mode, min_descriptions, min_tokens
+    tiny_model, photo_batch, fp32_tokens, mode, min_descriptions, min_tokens
 ):
     fast = optimize_for_cpu(copy.deepcopy(tiny_model), mode)
-    same_descriptions, same_tokens = agreement(fast, agreement_inputs, fp32_tokens)
+    same_descriptions, same_tokens = agreement(fast, photo_batch, fp32_tokens)
     print(f"{mode}: {same_descriptions:.0%} identical descriptions, {same_tokens:.0%} identical next tokens")
     assert same_descriptions >= min_descriptions
     assert same_tokens >= min_tokens
 
 
-def test_fp32_mode_is_exact(tiny_model, agreement_inputs, fp32_tokens):
-    assert agreement(optimize_for_cpu(copy.deepcopy(tiny_model), "fp32"), agreement_inputs, fp32_tokens) == (1.0, 1.0)
+def test_fp32_mode_is_exact(tiny_model, photo_batch, fp32_tokens):
+    assert agreement(optimize_for_cpu(copy.deepcopy(tiny_model), "fp32"), photo_batch, fp32_tokens) == (1.0, 1.0)
 
 
 def test_int8_unties_and_quantizes_only_the_head(tiny_model):
