@@ -24,7 +24,8 @@ from transformers.utils import logging
 import modeling_moda  # noqa: F401  (registers the "moda" Auto classes)
 import processing  # noqa: F401  (registers MODAProcessor with AutoProcessor)
 from modeling_moda.fast_inference import optimize_for_cpu
-from modeling_moda.greedy_decoding import greedy_generate, supports_greedy_generate
+from modeling_moda.greedy_decoding import Drafter, greedy_generate, supports_greedy_generate
+from processing.caption_drafts import load_caption_drafter
 from processing.caption_vocabulary import load_caption_vocabulary
 from processing.processing_moda import IMAGE_SUFFIXES, load_rgb_image
 
@@ -51,12 +52,20 @@ def lean_decoding_applies(model, generate_kwargs: dict) -> bool:
 
 @torch.inference_mode()
 def describe_images(
-    model, processor, images: Sequence[Image.Image], batch_size: int = 8, lean: bool = False, **generate_kwargs
+    model,
+    processor,
+    images: Sequence[Image.Image],
+    batch_size: int = 8,
+    lean: bool = False,
+    drafter: Drafter | None = None,
+    **generate_kwargs,
 ) -> list[str]:
     """Descriptions for already-loaded images, generated `batch_size` at a time (left padding keeps batches exact).
 
     `lean=True` decodes greedily in `greedy_generate`'s loop (same tokens, less time per token) wherever it
-    applies: an OPT decoder, no beams, no sampling; anything else goes through `model.generate`.
+    applies: an OPT decoder, no beams, no sampling; anything else goes through `model.generate`. The lean loop
+    checks a `drafter`'s guesses (`processing.caption_drafts`) for a batch of one image only: a batch keeps only
+    the guesses all its rows agree with, and its passes already read each weight once for many tokens.
     """
     lean = lean and lean_decoding_applies(model, generate_kwargs)
     descriptions: list[str] = []
@@ -64,7 +73,12 @@ def describe_images(
         inputs = processor(images=list(images[start : start + batch_size]), return_tensors="pt").to(model.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
         if lean:
-            generated = greedy_generate(model, **inputs, max_new_tokens=generate_kwargs.get("max_new_tokens"))
+            generated = greedy_generate(
+                model,
+                **inputs,
+                max_new_tokens=generate_kwargs.get("max_new_tokens"),
+                drafter=drafter if len(inputs["input_ids"]) == 1 else None,
+            )
         else:
             generated = model.generate(**inputs, **generate_kwargs)
         descriptions.extend(processor.batch_decode(generated, skip_special_tokens=True))
@@ -73,7 +87,7 @@ def describe_images(
 
 def describe_files(
     model, processor, paths: Sequence[Path], batch_size: int = 8, progress: bool = True, lean: bool = False,
-    **generate_kwargs,
+    drafter: Drafter | None = None, **generate_kwargs,
 ) -> Iterator[dict]:
     """Yields `{"image", "description"}` or `{"image", "error"}` per file, in order, reading a batch at a time."""
     with tqdm(total=len(paths), desc="describing", unit="image", disable=not progress) as bar:
@@ -87,7 +101,7 @@ def describe_files(
                     logger.warning(f"skipping {path}: {error}")
                     results[path] = {"image": str(path), "error": str(error)}
             images = [image for _, image in loaded]
-            texts = describe_images(model, processor, images, batch_size, lean=lean, **generate_kwargs)
+            texts = describe_images(model, processor, images, batch_size, lean, drafter, **generate_kwargs)
             for (path, _), text in zip(loaded, texts):
                 results[path] = {"image": str(path), "description": text}
             yield from (results[path] for path in batch)
@@ -172,6 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --fast int8: score all tokens, not only the checkpoint's caption_vocabulary.json",
     )
     describe.add_argument(
+        "--no-drafts",
+        action="store_true",
+        help="decode one token per pass: do not check the checkpoint's caption_drafts.json guesses (a single image)",
+    )
+    describe.add_argument(
         "--threads", type=int, help="torch CPU threads (default: one per core; fewer is faster on a busy machine)"
     )
     describe.add_argument("--out", type=Path, help="results file: .jsonl (default format) or .csv; stdout if absent")
@@ -206,6 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
         lean=fast != "none",  # --fast none: exactly transformers' generate
+        drafter=None if args.no_drafts or fast == "none" else load_caption_drafter(args.model),
         max_new_tokens=args.max_new_tokens,
         num_beams=args.num_beams,
         do_sample=False,

@@ -29,6 +29,7 @@ from transformers.utils import logging
 
 from modeling_moda import MODAForConditionalGeneration
 from processing import MODAProcessor
+from processing.caption_drafts import DRAFTS_FILE
 from processing.caption_vocabulary import VOCABULARY_FILE
 
 logger = logging.get_logger("moda.push_to_hub")
@@ -326,8 +327,8 @@ def stage_model(
     benchmarks: Sequence[Path] | None = None,
 ) -> Path:
     """Writes into `out` exactly the files of the model repo: re-saved with this repository's code (so the
-    config's `auto_map` and the code files are current), processor, generation config, caption vocabulary, card
-    and loss curve.
+    config's `auto_map` and the code files are current), processor, generation config, caption vocabulary and
+    drafts, card and loss curve.
     Optimizer state, RNG and other Trainer files in the checkpoint are left behind."""
     if (checkpoint / "adapter_config.json").is_file():
         raise ValueError(f"{checkpoint} holds a LoRA adapter: publish a merged model (train_hf.py --merge_lora)")
@@ -338,8 +339,10 @@ def stage_model(
     model = MODAForConditionalGeneration.from_pretrained(checkpoint)
     model.save_pretrained(out)
     MODAProcessor.from_pretrained(checkpoint).save_pretrained(out)
-    if (checkpoint / VOCABULARY_FILE).is_file():  # what `moda describe --fast int8` shortlists the LM head to
-        shutil.copy(checkpoint / VOCABULARY_FILE, out / VOCABULARY_FILE)
+    # what `moda describe --fast int8` shortlists the LM head to, and the guesses it checks several at a time
+    for name in (VOCABULARY_FILE, DRAFTS_FILE):
+        if (checkpoint / name).is_file():
+            shutil.copy(checkpoint / name, out / name)
 
     inputs = CardInputs(
         repo_id=repo_id,

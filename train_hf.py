@@ -34,6 +34,7 @@ from transformers.utils import logging
 import modeling_moda  # noqa: F401  (registers the "moda" Auto classes)
 from modeling_moda import MODAForConditionalGeneration
 from processing import MODAProcessor
+from processing.caption_drafts import build_caption_drafter, save_caption_drafter
 from processing.caption_vocabulary import build_caption_vocabulary, save_caption_vocabulary
 from processing.data import MODACollator, cell_text, drop_unusable, load_fashion_dataset, open_image, split_dataset
 from processing.feature_cache import add_image_embeds, cached_embeds
@@ -357,9 +358,11 @@ def main(argv: list[str] | None = None) -> dict:
     }
     model = save_final(trainer, model, processor, model_args, output_dir)
     if trainer.is_world_process_zero():
-        # what `moda describe --fast int8` lets the LM head score (processing/caption_vocabulary.py)
-        vocabulary = build_caption_vocabulary(processor.tokenizer, splits["train"]["description"])
-        save_caption_vocabulary(vocabulary, output_dir)
+        # what `moda describe --fast int8` lets the LM head score (processing/caption_vocabulary.py) and the
+        # guesses it checks several at a time (processing/caption_drafts.py)
+        captions = splits["train"]["description"]
+        save_caption_vocabulary(build_caption_vocabulary(processor.tokenizer, captions), output_dir)
+        save_caption_drafter(build_caption_drafter(processor.tokenizer, captions), output_dir)
         for name in ("test", "holdout"):
             if name in splits and len(splits[name]):
                 predictions = generate_descriptions(model, processor, splits[name], data_args)
@@ -391,7 +394,9 @@ def report(metrics: dict, output_dir: Path) -> None:
             f"(colour {test['colour_accuracy']:.1%}, type {test['product_type_accuracy']:.1%}, "
             f"contradictions {test['contradiction_rate']:.1%})"
         )
-    outputs = "model, processor, caption_vocabulary.json, metrics.json, loss_curve.png and samples.jsonl"
+    outputs = (
+        "model, processor, caption_vocabulary.json, caption_drafts.json, metrics.json, loss_curve.png and samples.jsonl"
+    )
     print(f"{outputs} are in {output_dir}")
 
 

@@ -4,7 +4,9 @@
 
 Random weights (the speed benchmarks) say nothing about agreement: near-tied logits flip at random. A trained
 MODA is what users run, so this compares its fp32 greedy descriptions with each fast mode's, batched and one
-image at a time, and prints the rate and every description that differs.
+image at a time, and prints the rate and every description that differs. The drafts mode (what `moda describe`
+runs for a single image) also counts the caption-draft guesses the model kept: benchmarks/inference.py replays
+that share on the real-size model.
 """
 
 from __future__ import annotations
@@ -19,16 +21,49 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/...` from a fresh clone
 
 from describe import describe_images, find_images, load_model  # noqa: E402
-
-# mode -> (load_model options, describe_images' lean loop); "int8" is what `moda describe` runs by default.
-MODES = {
-    "int8": ({"fast": "int8"}, True),
-    "int8-generate": ({"fast": "int8"}, False),
-    "int8-full-vocabulary": ({"fast": "int8", "full_vocabulary": True}, True),
-    "int8-vision": ({"fast": "int8", "quantize_vision": True}, True),
-    "bf16": ({"fast": "bf16"}, True),
-}
 from processing import load_rgb_image  # noqa: E402
+from processing.caption_drafts import load_caption_drafter  # noqa: E402
+
+# mode -> (load_model options, describe_images' lean loop, caption drafts); "int8-drafts" is what `moda describe`
+# runs by default (drafts apply to single images, so its batched column is int8's).
+MODES = {
+    "int8": ({"fast": "int8"}, True, False),
+    "int8-drafts": ({"fast": "int8"}, True, True),
+    "int8-generate": ({"fast": "int8"}, False, False),
+    "int8-full-vocabulary": ({"fast": "int8", "full_vocabulary": True}, True, False),
+    "int8-vision": ({"fast": "int8", "quantize_vision": True}, True, False),
+    "bf16": ({"fast": "bf16"}, True, False),
+}
+
+
+class CountingDrafter:
+    """Wraps a drafter for one image at a time; counts its guesses the model kept and the passes it took.
+
+    Between two calls for the same description its text grows by the kept guesses plus the model's own token; the
+    first guess not kept is the one that was rejected (guesses after it were never checked).
+    """
+
+    def __init__(self, drafter):
+        self.drafter, self.kept, self.rejected, self.calls = drafter, 0, 0, 0
+        self.last: tuple[list[int], list[int]] | None = None
+
+    def draft(self, tokens, count: int) -> list[int]:
+        if self.last is not None:
+            text, guesses = self.last
+            if len(tokens) > len(text) and list(tokens[: len(text)]) == text:
+                kept = len(tokens) - len(text) - 1
+                self.kept += kept
+                self.rejected += kept < len(guesses)
+        guesses = self.drafter.draft(tokens, count)
+        self.calls += 1
+        self.last = (list(tokens), guesses)
+        return guesses
+
+    def statistics(self, descriptions: int) -> dict:
+        return {
+            "guess_acceptance": self.kept / max(1, self.kept + self.rejected),
+            "passes_per_description": (self.calls + descriptions) / descriptions,  # + each description's prompt pass
+        }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -50,17 +85,29 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"model": args.model, "images": len(images), "modes": {}}
     print(f"| mode | same as fp32, batch {args.batch_size} | same as fp32, batch 1 |\n|---|---|---|")
     for mode in args.modes:
-        options, lean = MODES[mode]
+        options, lean, drafts = MODES[mode]
         model, _ = load_model(args.model, **options)
-        batched = describe_images(model, processor, images, args.batch_size, lean=lean, do_sample=False)
-        single = describe_images(model, processor, images, 1, lean=lean, do_sample=False)
+        drafter = None
+        if drafts:
+            if (saved := load_caption_drafter(args.model)) is None:
+                raise SystemExit(f"{args.model} has no caption_drafts.json (train_hf.py writes it)")
+            drafter = CountingDrafter(saved)
+        batched = describe_images(model, processor, images, args.batch_size, lean, drafter, do_sample=False)
+        single = describe_images(model, processor, images, 1, lean, drafter, do_sample=False)
         rates = [sum(a == b for a, b in zip(reference, texts)) / len(images) for texts in (batched, single)]
-        differing = [{"fp32": a, mode: b} for a, b in zip(reference, batched) if a != b]
+        differing = [
+            {"batch": size, "fp32": a, mode: b}
+            for size, texts in ((args.batch_size, batched), (1, single))
+            for a, b in zip(reference, texts)
+            if a != b
+        ]
         results["modes"][mode] = {"same_batched": rates[0], "same_single": rates[1], "differing": differing}
+        if drafter:
+            results["modes"][mode].update(drafter.statistics(len(images)))
         print(f"| {mode} | {rates[0]:.1%} | {rates[1]:.1%} |")
     for mode, result in results["modes"].items():
         for pair in result["differing"]:
-            print(f"{mode} differs: {pair['fp32']!r} -> {pair[mode]!r}")
+            print(f"{mode} differs at batch {pair['batch']}: {pair['fp32']!r} -> {pair[mode]!r}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return results

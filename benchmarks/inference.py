@@ -10,17 +10,24 @@ image preprocessing; throughput is measured at batch 8 and 32. Each variant runs
 same saved checkpoint; times are the best of several runs. "same tokens" counts the batch-32 descriptions identical
 to the baseline's: with random weights the logits are nearly tied, so this understates agreement on a trained model
 (tests/test_fast_inference.py measures it on the sharpened tiny model).
+
+The "drafts" rows check guesses several at a time, as `moda describe` does for a single image. Their speed depends
+on how many guesses the model keeps, which random weights cannot show: they replay the share of guesses the trained
+demo model keeps (benchmarks/agreement.py writes it to benchmarks/results/agreement_demo.json; `--draft-acceptance`
+sets another), and the table prints the tokens each pass wrote.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 import measure
 import numpy as np
 import roofline
 import torch
 from PIL import Image
+from simulated_drafter import self_consistent_drafter
 from transformers import CLIPImageProcessorPil
 
 from modeling_moda import MODAConfig, MODAForConditionalGeneration, optimize_for_cpu
@@ -36,12 +43,17 @@ VARIANTS = {
             "shortlist": True},
     "cli-vision": {"label": "CLI default + int8 vision tower (--quantize-vision)", **INT8, "lean": True,
                    "shortlist": True, "quantize_vision": True},
+    "drafts": {"label": "CLI default + caption drafts at batch 1", **INT8, "lean": True, "shortlist": True,
+               "drafts": True},
+    "drafts-vision": {"label": "CLI default + caption drafts + --quantize-vision", **INT8, "lean": True,
+                      "shortlist": True, "quantize_vision": True, "drafts": True},
     "bf16": {"label": "MODA bf16 weights", "dtype": "bfloat16", "bf16": True},
 }
 GPU_VARIANTS = ["baseline", "bf16"]  # int8 dynamic quantization is a CPU kernel
 # A trained MODA's caption vocabulary (processing/caption_vocabulary.py) has a few thousand tokens; random
 # weights have none, so the shortlist variant keeps this many random token ids (speed grows with the count).
 SHORTLIST_TOKENS = 8192
+AGREEMENT_RESULTS = measure.REPO_ROOT / "benchmarks" / "results" / "agreement_demo.json"
 
 GOAL_LATENCY_S = 0.35
 GOAL_IMAGES_PER_S = 10.0
@@ -74,12 +86,14 @@ def measure_variant(spec: dict) -> dict:
     new_tokens = spec["new_tokens"]
 
     @torch.inference_mode()
-    def describe(images: list[Image.Image]) -> torch.Tensor:
+    def describe(images: list[Image.Image], drafter=None) -> torch.Tensor:
         pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
         input_ids = torch.tensor([prompt] * len(images), device=spec["device"])
         pixel_values = pixel_values.to(spec["device"], model.dtype)
         if spec.get("lean"):
-            generated = greedy_generate(model, input_ids, pixel_values=pixel_values, max_new_tokens=new_tokens)
+            generated = greedy_generate(
+                model, input_ids, pixel_values=pixel_values, max_new_tokens=new_tokens, drafter=drafter
+            )
         else:
             generated = model.generate(
                 input_ids=input_ids,
@@ -92,7 +106,16 @@ def measure_variant(spec: dict) -> dict:
 
     images = photos(max(spec["batch_sizes"]), spec["seed"])
     describe(images[:1])  # warm-up: first-call allocations, kernel selection
-    result = {"latency_s": measure.seconds(lambda: describe(images[:1]), spec["device"], spec["repeats"])}
+    drafter = None
+    if spec.get("drafts"):  # one image at a time, as `moda describe` uses drafts
+        drafter = self_consistent_drafter(
+            lambda guesses: prompt + describe(images[:1], guesses)[0].tolist(), spec["draft_acceptance"], spec["seed"]
+        )
+        drafter.calls = 0
+        describe(images[:1], drafter)
+    # the drafter is called once per pass after the prompt's
+    result = {"tokens_per_pass": new_tokens / (drafter.calls + 1) if drafter else 1.0}
+    result["latency_s"] = measure.seconds(lambda: describe(images[:1], drafter), spec["device"], spec["repeats"])
     for batch_size in spec["batch_sizes"]:
         describe(images[:batch_size])
         result[f"images_per_s_batch{batch_size}"] = batch_size / measure.seconds(
@@ -120,12 +143,30 @@ def print_decoding_floor(args) -> float:
     return round(bandwidth, 2)
 
 
+def demo_guess_acceptance() -> float:
+    """The share of caption-draft guesses the trained demo model keeps, as benchmarks/agreement.py measured it."""
+    try:
+        return json.loads(AGREEMENT_RESULTS.read_text())["modes"]["int8-drafts"]["guess_acceptance"]
+    except (OSError, KeyError, json.JSONDecodeError) as error:
+        raise SystemExit(
+            f"no demo guess acceptance in {AGREEMENT_RESULTS} ({error!r}): run benchmarks/agreement.py with "
+            "--modes int8-drafts (see its docstring) or pass --draft-acceptance"
+        ) from error
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--shortlist-tokens", type=int, default=SHORTLIST_TOKENS, help="caption vocabulary size")
+    parser.add_argument(
+        "--draft-acceptance", type=float, help="share of guesses kept in the drafts rows (default: the demo model's)"
+    )
     args = measure.parse_arguments(parser, VARIANTS, argv)
     names = args.variants or (GPU_VARIANTS if args.device == "cuda" else measure.default_variants(VARIANTS, "cpu"))
+    if args.draft_acceptance is None and any(VARIANTS[name].get("drafts") for name in names):
+        args.draft_acceptance = demo_guess_acceptance()
+    if args.draft_acceptance is not None and not 0 <= args.draft_acceptance <= 1:
+        raise SystemExit(f"--draft-acceptance must be between 0 and 1, got {args.draft_acceptance}")
     batch_sizes = [8] if args.quick else [8, 32]
 
     results = measure.run_variants(
@@ -135,19 +176,20 @@ def main(argv: list[str] | None = None) -> dict:
         args,
         new_tokens=args.new_tokens,
         shortlist_tokens=args.shortlist_tokens,
+        draft_acceptance=args.draft_acceptance,
         batch_sizes=batch_sizes,
         repeats=2 if args.quick else 5,
     )
 
     base = results["baseline"]
-    headers = ["variant", "1 image (s)", "speed-up"]
+    headers = ["variant", "1 image (s)", "speed-up", "tokens per pass"]
     for batch_size in batch_sizes:
         headers += [f"images/s @{batch_size}", "speed-up"]
     headers += ["peak memory (MB)", f"same {args.new_tokens} tokens as baseline"]
     rows = []
     for name, result in results.items():
         speedup = measure.ratio(result["latency_s"], base["latency_s"], higher_is_better=False)
-        row = [VARIANTS[name]["label"], f"{result['latency_s']:.3f}", speedup]
+        row = [VARIANTS[name]["label"], f"{result['latency_s']:.3f}", speedup, f"{result['tokens_per_pass']:.2f}"]
         for batch_size in batch_sizes:
             key = f"images_per_s_batch{batch_size}"
             row += [f"{result[key]:.2f}", measure.ratio(result[key], base[key])]

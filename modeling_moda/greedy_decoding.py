@@ -6,7 +6,11 @@
 Why: a MODA description is 32 tokens from a 125M decoder, so on a CPU every token pays for OPT's module
 tree, the `DynamicCache` concatenations and `generate`'s logits processors and stopping criteria. This loop calls
 the model's own submodules (its layer norms and linear layers, quantized or not) directly, writes keys and values
-into one preallocated cache, and picks the argmax (benchmarks/inference.py's "lean" rows measure it). It covers
+into one preallocated cache, and picks the argmax (benchmarks/inference.py's "lean" rows measure it). Given a
+`drafter` (e.g. `processing.caption_drafts.CaptionDrafter`), each step also checks the tokens it guesses come next:
+one pass reads the weights once for several tokens, and only guesses the model itself would have written are kept,
+so the text is still the model's greedy text (speculative decoding with a draft table instead of a draft model). It
+covers
 what `moda describe` runs, greedy decoding of a pre-LayerNorm OPT decoder (OPT-125M, MODA's language model);
 `supports_greedy_generate` says when, and everything else goes through `model.generate`.
 tests/test_greedy_decoding.py checks it writes the tokens `generate` writes.
@@ -14,11 +18,19 @@ tests/test_greedy_decoding.py checks it writes the tokens `generate` writes.
 
 from __future__ import annotations
 
+from typing import Protocol, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .fast_inference import ShortlistHead, eos_token_ids
+
+
+class Drafter(Protocol):
+    """Guesses the tokens that follow `tokens` (a row's prompt and text so far): at most `count`, maybe none."""
+
+    def draft(self, tokens: Sequence[int], count: int) -> list[int]: ...
 
 
 def supports_greedy_generate(model: nn.Module) -> bool:
@@ -69,10 +81,11 @@ def attention_mask_for(
 ) -> torch.Tensor | None:
     """Boolean SDPA mask (B, 1, S, T) for queries `start:start + S`: causal, padding keys hidden.
 
-    None when nothing is padded, so that SDPA takes its `is_causal` path, as transformers does. A padding query
-    sees itself, so that its (unused) output stays finite instead of NaN.
+    None when SDPA's `is_causal` path (aligned to the first key) is right: nothing padded and the queries start at
+    the first key or are a single one, as in transformers. A padding query sees itself, so that its (unused) output
+    stays finite instead of NaN.
     """
-    if not padded:
+    if not padded and (start == 0 or length == 1):
         return None
     total = start + length
     positions = torch.arange(total, device=key_is_real.device)
@@ -92,6 +105,43 @@ def best_tokens(head: nn.Module, hidden: torch.Tensor) -> torch.LongTensor:
     return head(hidden).argmax(-1)
 
 
+def guesses_kept(
+    predicted: torch.LongTensor, guesses: torch.LongTensor, guessed: torch.Tensor, rows: torch.Tensor
+) -> int:
+    """How many leading guesses every row in `rows` would have written itself: the tokens this pass may keep.
+
+    `predicted[:, i]` is the model's token after the pass's i-th input, whose input `i + 1` is guess `i`;
+    `guessed` says which guess slots a row filled (rows may have fewer guesses than others).
+    """
+    agreed = (predicted[:, :-1] == guesses) & guessed
+    leading = agreed.long().cumprod(1).sum(1)
+    return int(leading[rows].min()) if rows.any() else 0
+
+
+def draft_guesses(
+    drafter: Drafter | None, texts: list[list[int]], count: int, pad_id: int, device: torch.device,
+    rows: list[bool] | None = None, vocab_size: int | None = None,
+) -> tuple[torch.LongTensor, torch.Tensor]:
+    """Each row's guesses for its next tokens (padded to the longest row) and which slots are real guesses.
+
+    Only `rows` (default: all) are asked; a guess outside `vocab_size` is an error, not an embedding index error.
+    """
+    rows = [True] * len(texts) if rows is None else rows
+    guesses = [
+        drafter.draft(text, count)[:count] if drafter is not None and count > 0 and asked else []
+        for text, asked in zip(texts, rows)
+    ]
+    if vocab_size is not None and (outside := [token for row in guesses for token in row if not 0 <= token < vocab_size]):
+        raise ValueError(
+            f"the drafter guessed token id {outside[0]}, outside the model's {vocab_size}-token vocabulary "
+            "(a caption_drafts.json written for another tokenizer?)"
+        )
+    width = max(map(len, guesses))
+    padded = torch.tensor([row + [pad_id] * (width - len(row)) for row in guesses], dtype=torch.long, device=device)
+    guessed = torch.arange(width, device=device) < torch.tensor([len(row) for row in guesses], device=device)[:, None]
+    return padded.view(len(texts), width), guessed
+
+
 @torch.inference_mode()
 def greedy_generate(
     model: nn.Module,
@@ -100,11 +150,14 @@ def greedy_generate(
     pixel_values: torch.Tensor | None = None,
     image_embeds: torch.Tensor | None = None,
     max_new_tokens: int | None = None,
+    drafter: Drafter | None = None,
+    draft_tokens: int = 8,
 ) -> torch.LongTensor:
     """`model.generate(..., do_sample=False, num_beams=1)` for a MODA model with an OPT decoder: prompt + new tokens.
 
     Stops at the generation config's EOS (rows that finished early are filled with its pad token) or after
-    `max_new_tokens` (default: the generation config's).
+    `max_new_tokens` (default: the generation config's). With a `drafter`, every pass after the prompt also checks
+    up to `draft_tokens` of its guesses; a batch keeps the guesses all its unfinished rows agree with.
     """
     if not supports_greedy_generate(model):
         raise ValueError(
@@ -115,7 +168,10 @@ def greedy_generate(
     max_new_tokens = generation_config.max_new_tokens if max_new_tokens is None else max_new_tokens
     if max_new_tokens is None or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1 (argument or generation config), got {max_new_tokens}")
-    eos_ids = torch.tensor(eos_token_ids(generation_config), dtype=torch.long, device=input_ids.device)
+    if draft_tokens < 0:
+        raise ValueError(f"draft_tokens must be 0 or more, got {draft_tokens}")
+    device = input_ids.device
+    eos_ids = torch.tensor(eos_token_ids(generation_config), dtype=torch.long, device=device)
     pad_id = generation_config.pad_token_id if generation_config.pad_token_id is not None else 0
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -124,7 +180,7 @@ def greedy_generate(
     embeddings = model.embed_inputs(input_ids, pixel_values, image_embeds)
     batch, prompt_length = input_ids.shape
     total = prompt_length + max_new_tokens
-    key_is_real = torch.ones(batch, total, dtype=torch.bool, device=input_ids.device)
+    key_is_real = torch.ones(batch, total, dtype=torch.bool, device=device)
     key_is_real[:, :prompt_length] = attention_mask.bool()
     padded = not bool(key_is_real.all())
     # OPT's positions count real tokens only (left padding shifts them), offset by its position embedding's 2.
@@ -135,10 +191,12 @@ def greedy_generate(
         config.hidden_size // config.num_attention_heads, like=embeddings,
     )
     head = model.language_model.get_output_embeddings()
-    unfinished = torch.ones(batch, dtype=torch.bool, device=input_ids.device)
+    unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+    texts = input_ids.tolist()  # what the drafter reads
     new_tokens = []
+    guesses, guessed = draft_guesses(None, texts, 0, pad_id, device)
     start, hidden = 0, embeddings
-    for _ in range(max_new_tokens):
+    while True:
         length = hidden.shape[1]
         if decoder.project_in is not None:
             hidden = decoder.project_in(hidden)
@@ -146,18 +204,28 @@ def greedy_generate(
         mask = attention_mask_for(key_is_real, start, length, padded)
         for index, layer in enumerate(decoder.layers):
             hidden = decoder_layer_step(layer, hidden, cache, index, start, mask)
-        last = decoder.final_layer_norm(hidden[:, -1])
+        scored = decoder.final_layer_norm(hidden[:, length - guesses.shape[1] - 1 :])  # the last token and guesses
         if decoder.project_out is not None:
-            last = decoder.project_out(last)
-        tokens = best_tokens(head, last)
-        tokens = torch.where(unfinished, tokens, torch.full_like(tokens, pad_id))
-        new_tokens.append(tokens)
-        unfinished &= ~torch.isin(tokens, eos_ids)
-        if not unfinished.any():
+            scored = decoder.project_out(scored)
+        predicted = best_tokens(head, scored)
+        kept = guesses_kept(predicted, guesses, guessed, unfinished)
+        for tokens in predicted[:, : kept + 1].unbind(1):
+            tokens = torch.where(unfinished, tokens, torch.full_like(tokens, pad_id))
+            new_tokens.append(tokens)
+            unfinished &= ~torch.isin(tokens, eos_ids)
+            if not unfinished.any():  # as generate: the sequences end with the last row's EOS
+                break
+        if not unfinished.any() or len(new_tokens) == max_new_tokens:
             break
-        start += length
-        hidden = decoder.embed_tokens(tokens[:, None])
+        for text, row in zip(texts, predicted[:, : kept + 1].tolist()):
+            text.extend(row)
+        start += length - (guesses.shape[1] - kept)  # the cache keeps the inputs up to the last kept guess
+        count = min(draft_tokens, max_new_tokens - len(new_tokens) - 1)
+        guesses, guessed = draft_guesses(
+            drafter, texts, count, pad_id, device, unfinished.tolist(), config.vocab_size
+        )
+        hidden = decoder.embed_tokens(torch.cat([tokens[:, None], guesses], 1))
     return torch.cat([input_ids, torch.stack(new_tokens, 1)], 1)
 
 
-__all__ = ["greedy_generate", "supports_greedy_generate"]
+__all__ = ["Drafter", "greedy_generate", "supports_greedy_generate"]

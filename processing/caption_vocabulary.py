@@ -31,22 +31,27 @@ def save_caption_vocabulary(token_ids: list[int], folder: str | os.PathLike) -> 
     return path
 
 
+def checkpoint_file(model_name_or_path: str | os.PathLike, filename: str) -> Path | None:
+    """`filename` in a checkpoint folder, or from a Hub repo (cached); None when it has no such file."""
+    if Path(model_name_or_path).is_dir():
+        path = Path(model_name_or_path) / filename
+        return path if path.is_file() else None
+    path = cached_file(
+        str(model_name_or_path),
+        filename,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+    )
+    return None if path is None else Path(path)
+
+
 def load_caption_vocabulary(model_name_or_path: str | os.PathLike) -> list[int] | None:
     """The saved token ids of a checkpoint folder or Hub repo; None when it has none (e.g. trained elsewhere)."""
-    if Path(model_name_or_path).is_dir():
-        path = Path(model_name_or_path) / VOCABULARY_FILE
-        path = path if path.is_file() else None
-    else:
-        path = cached_file(
-            str(model_name_or_path),
-            VOCABULARY_FILE,
-            _raise_exceptions_for_missing_entries=False,
-            _raise_exceptions_for_connection_errors=False,
-        )
+    path = checkpoint_file(model_name_or_path, VOCABULARY_FILE)
     if path is None:
         return None
     try:
-        token_ids = json.loads(Path(path).read_text())["token_ids"]
+        token_ids = json.loads(path.read_text())["token_ids"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"{path} is not a caption vocabulary ({{\"token_ids\": [...]}}): {error}") from error
     if not token_ids or not all(isinstance(token_id, int) and token_id >= 0 for token_id in token_ids):
@@ -54,4 +59,10 @@ def load_caption_vocabulary(model_name_or_path: str | os.PathLike) -> list[int] 
     return token_ids
 
 
-__all__ = ["VOCABULARY_FILE", "build_caption_vocabulary", "load_caption_vocabulary", "save_caption_vocabulary"]
+__all__ = [
+    "VOCABULARY_FILE",
+    "build_caption_vocabulary",
+    "checkpoint_file",
+    "load_caption_vocabulary",
+    "save_caption_vocabulary",
+]

@@ -81,3 +81,33 @@ def test_default_fast_path_writes_what_int8_generate_writes(tmp_path, tiny_check
     expected = processor.batch_decode(model.generate(**processor(images=photos), max_new_tokens=10, do_sample=False))
     rows = {row["image"]: row["description"] for row in map(json.loads, out.read_text().splitlines())}
     assert [rows[str(path)] for path in paths] == expected
+
+
+def test_single_image_checks_the_checkpoints_caption_drafts(tmp_path, tiny_checkpoint, photos, monkeypatch):
+    """One image: the CLI hands caption_drafts.json to the lean loop (same text), and `--no-drafts` does not."""
+    import shutil
+
+    import describe
+    from processing.caption_drafts import build_caption_drafter, save_caption_drafter
+
+    checkpoint = shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint")
+    tokenizer = describe.AutoProcessor.from_pretrained(checkpoint).tokenizer
+    save_caption_drafter(build_caption_drafter(tokenizer, ["A red dress for women.", "A red shirt for men."]), checkpoint)
+    calls = []
+    load_caption_drafter = describe.load_caption_drafter
+
+    def counting(path):
+        drafter = load_caption_drafter(path)
+        drafter.draft = lambda tokens, count, draft=drafter.draft: calls.append(count) or draft(tokens, count)
+        return drafter
+
+    monkeypatch.setattr(describe, "load_caption_drafter", counting)
+    [path] = write_photos(tmp_path / "photos", photos[:1])
+    descriptions = []
+    for flags in ([], ["--no-drafts"]):
+        out = tmp_path / f"results{len(descriptions)}.jsonl"
+        assert main(["describe", str(path), "--model", str(checkpoint), "--out", str(out), "--no-progress", *flags]) == 0
+        descriptions.append(json.loads(out.read_text())["description"])
+        assert bool(calls) == (not flags), "drafts are checked unless --no-drafts"
+        calls.clear()
+    assert descriptions[0] == descriptions[1]

@@ -23,6 +23,7 @@ from push_to_hub import (
 
 MODEL_FILES = {
     "README.md",
+    "caption_drafts.json",
     "caption_vocabulary.json",
     "config.json",
     "configuration_moda.py",
@@ -62,6 +63,7 @@ def run_folder(tiny_checkpoint, tmp_path_factory) -> Path:
     (checkpoint / "optimizer.pt").write_bytes(b"optimizer state: never uploaded")
     (checkpoint / "trainer_state.json").write_text("{}")
     (checkpoint / "caption_vocabulary.json").write_text(json.dumps({"token_ids": [2, 5, 7]}))
+    (checkpoint / "caption_drafts.json").write_text(json.dumps({"context_tokens": 1, "next_token": [[2, 5], [5, 7]]}))
     (run / "metrics.json").write_text(json.dumps(METRICS))
     Image.new("RGB", (8, 8), "white").save(run / "loss_curve.png")
     (run / "inference_cpu.json").write_text(json.dumps(BENCHMARK))

@@ -13,6 +13,7 @@ from transformers import AutoModel, AutoProcessor, CLIPVisionModelWithProjection
 
 import train_hf
 from processing.catalog import make_catalog
+from processing.caption_drafts import load_caption_drafter
 from processing.caption_vocabulary import build_caption_vocabulary, load_caption_vocabulary
 from processing.data import load_fashion_dataset, open_image
 
@@ -65,9 +66,14 @@ def test_outputs_and_remote_code_checkpoint(catalogue, tiny_backbones, tmp_path)
 
     # the tokens of the training captions, for `moda describe --fast int8`'s LM head shortlist
     vocabulary = load_caption_vocabulary(out)
-    every_caption = build_caption_vocabulary(processor.tokenizer, load_fashion_dataset(catalogue)["description"])
+    captions = list(load_fashion_dataset(catalogue)["description"])
+    every_caption = build_caption_vocabulary(processor.tokenizer, captions)
     assert processor.tokenizer.eos_token_id in vocabulary
     assert set(vocabulary) <= set(every_caption) and len(vocabulary) > len(every_caption) / 2
+    # and the guesses `moda describe` checks several at a time: after BOS, a caption's usual first token
+    drafter = load_caption_drafter(out)
+    first_tokens = {ids[0] for ids in processor.tokenizer(captions, add_special_tokens=False)["input_ids"]}
+    assert drafter.draft([processor.tokenizer.bos_token_id], 1)[0] in first_tokens
 
 
 def test_cache_means_no_vision_forward_after_caching(catalogue, tiny_backbones, tmp_path, monkeypatch):
