@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench
 from describe import describe_images, find_images, load_model  # noqa: E402
 from processing import load_rgb_image  # noqa: E402
 from processing.caption_drafts import load_caption_drafter  # noqa: E402
+from simulated_drafter import counting_passes  # noqa: E402
 
 # mode -> (load_model options, describe_images' lean loop, caption drafts); "int8-drafts" is what `moda describe`
 # runs by default (drafts apply to single images, so its batched column is int8's).
@@ -37,14 +38,14 @@ MODES = {
 
 
 class CountingDrafter:
-    """Wraps a drafter for one image at a time; counts its guesses the model kept and the passes it took.
+    """Wraps a drafter for one image at a time; counts the guesses the model kept and the guesses it rejected.
 
     Between two calls for the same description its text grows by the kept guesses plus the model's own token; the
     first guess not kept is the one that was rejected (guesses after it were never checked).
     """
 
     def __init__(self, drafter):
-        self.drafter, self.kept, self.rejected, self.calls = drafter, 0, 0, 0
+        self.drafter, self.kept, self.rejected = drafter, 0, 0
         self.last: tuple[list[int], list[int]] | None = None
 
     def draft(self, tokens, count: int) -> list[int]:
@@ -55,15 +56,12 @@ class CountingDrafter:
                 self.kept += kept
                 self.rejected += kept < len(guesses)
         guesses = self.drafter.draft(tokens, count)
-        self.calls += 1
         self.last = (list(tokens), guesses)
         return guesses
 
-    def statistics(self, descriptions: int) -> dict:
-        return {
-            "guess_acceptance": self.kept / max(1, self.kept + self.rejected),
-            "passes_per_description": (self.calls + descriptions) / descriptions,  # + each description's prompt pass
-        }
+    @property
+    def acceptance(self) -> float:
+        return self.kept / max(1, self.kept + self.rejected)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -93,7 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
                 raise SystemExit(f"{args.model} has no caption_drafts.json (train_hf.py writes it)")
             drafter = CountingDrafter(saved)
         batched = describe_images(model, processor, images, args.batch_size, lean, drafter, do_sample=False)
-        single = describe_images(model, processor, images, 1, lean, drafter, do_sample=False)
+        with counting_passes(model) as passes:
+            single = describe_images(model, processor, images, 1, lean, drafter, do_sample=False)
         rates = [sum(a == b for a, b in zip(reference, texts)) / len(images) for texts in (batched, single)]
         differing = [
             {"batch": size, "fp32": a, mode: b}
@@ -103,7 +102,13 @@ def main(argv: list[str] | None = None) -> dict:
         ]
         results["modes"][mode] = {"same_batched": rates[0], "same_single": rates[1], "differing": differing}
         if drafter:
-            results["modes"][mode].update(drafter.statistics(len(images)))
+            tokens = processor.tokenizer(single, add_special_tokens=False)["input_ids"]
+            results["modes"][mode].update(
+                guess_acceptance=drafter.acceptance,
+                passes_per_description=passes[0] / len(images),
+                # the passes it would take without drafts: one per token, EOS included
+                tokens_per_description=sum(len(ids) + 1 for ids in tokens) / len(tokens),
+            )
         print(f"| {mode} | {rates[0]:.1%} | {rates[1]:.1%} |")
     for mode, result in results["modes"].items():
         for pair in result["differing"]:

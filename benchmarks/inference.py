@@ -12,9 +12,10 @@ to the baseline's: with random weights the logits are nearly tied, so this under
 (tests/test_fast_inference.py measures it on the sharpened tiny model).
 
 The "drafts" rows check guesses several at a time, as `moda describe` does for a single image. Their speed depends
-on how many guesses the model keeps, which random weights cannot show: they replay the share of guesses the trained
-demo model keeps (benchmarks/agreement.py writes it to benchmarks/results/agreement_demo.json; `--draft-acceptance`
-sets another), and the table prints the tokens each pass wrote.
+on how many guesses the model keeps, which random weights cannot show: their model writes one token decisively and
+their guesses are right at the rate the trained demo model keeps (benchmarks/simulated_drafter.py;
+benchmarks/agreement.py writes the rate to benchmarks/results/agreement_demo.json, `--draft-acceptance` sets
+another). The table prints the tokens each pass wrote.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 import roofline
 import torch
 from PIL import Image
-from simulated_drafter import self_consistent_drafter
+from simulated_drafter import SimulatedDrafter, counting_passes, make_decisive
 from transformers import CLIPImageProcessorPil
 
 from modeling_moda import MODAConfig, MODAForConditionalGeneration, optimize_for_cpu
@@ -39,11 +40,11 @@ VARIANTS = {
     "int8": {"label": "MODA int8 decoder + LM head", **INT8},
     "int8-vision": {"label": "MODA int8 + int8 vision tower", **INT8, "quantize_vision": True},
     "lean": {"label": "MODA int8 + lean greedy loop", **INT8, "lean": True},
-    "cli": {"label": "MODA int8 + lean loop + caption vocabulary (CLI default)", **INT8, "lean": True,
+    "cli": {"label": "MODA int8 + lean loop + caption vocabulary (CLI default for batches)", **INT8, "lean": True,
             "shortlist": True},
     "cli-vision": {"label": "CLI default + int8 vision tower (--quantize-vision)", **INT8, "lean": True,
                    "shortlist": True, "quantize_vision": True},
-    "drafts": {"label": "CLI default + caption drafts at batch 1", **INT8, "lean": True, "shortlist": True,
+    "drafts": {"label": "CLI default + caption drafts (CLI default for one image)", **INT8, "lean": True, "shortlist": True,
                "drafts": True},
     "drafts-vision": {"label": "CLI default + caption drafts + --quantize-vision", **INT8, "lean": True,
                       "shortlist": True, "quantize_vision": True, "drafts": True},
@@ -79,6 +80,8 @@ def measure_variant(spec: dict) -> dict:
         vocabulary = None
         if spec.get("shortlist"):
             vocabulary = torch.randperm(model.config.text_config.vocab_size)[: spec["shortlist_tokens"]].tolist()
+        if spec.get("drafts"):
+            model = make_decisive(model, vocabulary[0])
         model = optimize_for_cpu(model, spec["fast"], spec.get("quantize_vision", False), vocabulary)
     model.generation_config.eos_token_id = None  # fixed length, without a per-step min-length processor
     image_processor = CLIPImageProcessorPil()
@@ -108,13 +111,13 @@ def measure_variant(spec: dict) -> dict:
     describe(images[:1])  # warm-up: first-call allocations, kernel selection
     drafter = None
     if spec.get("drafts"):  # one image at a time, as `moda describe` uses drafts
-        drafter = self_consistent_drafter(
-            lambda guesses: prompt + describe(images[:1], guesses)[0].tolist(), spec["draft_acceptance"], spec["seed"]
-        )
-        drafter.calls = 0
-        describe(images[:1], drafter)
-    # the drafter is called once per pass after the prompt's
-    result = {"tokens_per_pass": new_tokens / (drafter.calls + 1) if drafter else 1.0}
+        reference = describe(images[:1])
+        drafter = SimulatedDrafter(prompt + reference[0].tolist(), spec["draft_acceptance"], spec["seed"])
+    with counting_passes(model) as passes:
+        written = describe(images[:1], drafter)
+    if drafter is not None and not torch.equal(written, reference):
+        raise RuntimeError("the drafts row's model should write the same text with and without guesses")
+    result = {"tokens_per_pass": new_tokens / passes[0]}
     result["latency_s"] = measure.seconds(lambda: describe(images[:1], drafter), spec["device"], spec["repeats"])
     for batch_size in spec["batch_sizes"]:
         describe(images[:batch_size])
@@ -137,8 +140,8 @@ def print_decoding_floor(args) -> float:
     floor = args.new_tokens * decoder_bytes / bandwidth / 1e9
     print(
         f"floor: int8 weights stream at {bandwidth:.1f} GB/s here (batch 1, torch's int8 kernel); "
-        f"{decoder_bytes / 1e6:.0f} MB per token x {args.new_tokens} tokens = {floor:.3f} s of decoding "
-        "before the vision tower or any other work"
+        f"{decoder_bytes / 1e6:.0f} MB per pass x {args.new_tokens} tokens = {floor:.3f} s of decoding at one token "
+        "per pass (drafts divide it by their tokens per pass), before the vision tower or any other work"
     )
     return round(bandwidth, 2)
 

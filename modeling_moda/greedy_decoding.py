@@ -6,14 +6,16 @@
 Why: a MODA description is 32 tokens from a 125M decoder, so on a CPU every token pays for OPT's module
 tree, the `DynamicCache` concatenations and `generate`'s logits processors and stopping criteria. This loop calls
 the model's own submodules (its layer norms and linear layers, quantized or not) directly, writes keys and values
-into one preallocated cache, and picks the argmax (benchmarks/inference.py's "lean" rows measure it). Given a
-`drafter` (e.g. `processing.caption_drafts.CaptionDrafter`), each step also checks the tokens it guesses come next:
-one pass reads the weights once for several tokens, and only guesses the model itself would have written are kept,
-so the text is still the model's greedy text (speculative decoding with a draft table instead of a draft model). It
-covers
-what `moda describe` runs, greedy decoding of a pre-LayerNorm OPT decoder (OPT-125M, MODA's language model);
-`supports_greedy_generate` says when, and everything else goes through `model.generate`.
-tests/test_greedy_decoding.py checks it writes the tokens `generate` writes.
+into one preallocated cache, and picks the argmax (benchmarks/inference.py's "lean" rows measure it).
+
+Given a `drafter` (e.g. `processing.caption_drafts.CaptionDrafter`), each pass also checks the tokens it guesses
+come next: one pass reads the weights once for several tokens, and only the guesses the model itself would have
+written are kept, so the text is still the model's greedy text (speculative decoding, with a lookup table as the
+draft model; benchmarks/inference.py's "drafts" rows).
+
+It covers what `moda describe` runs, greedy decoding of a pre-LayerNorm OPT decoder (OPT-125M, MODA's language
+model); `supports_greedy_generate` says when, and everything else goes through `model.generate`.
+tests/test_greedy_decoding.py and tests/test_caption_drafts.py check it writes the tokens `generate` writes.
 """
 
 from __future__ import annotations
@@ -131,7 +133,8 @@ def draft_guesses(
         drafter.draft(text, count)[:count] if drafter is not None and count > 0 and asked else []
         for text, asked in zip(texts, rows)
     ]
-    if vocab_size is not None and (outside := [token for row in guesses for token in row if not 0 <= token < vocab_size]):
+    outside = [token for row in guesses for token in row if vocab_size is not None and not 0 <= token < vocab_size]
+    if outside:
         raise ValueError(
             f"the drafter guessed token id {outside[0]}, outside the model's {vocab_size}-token vocabulary "
             "(a caption_drafts.json written for another tokenizer?)"
@@ -157,7 +160,10 @@ def greedy_generate(
 
     Stops at the generation config's EOS (rows that finished early are filled with its pad token) or after
     `max_new_tokens` (default: the generation config's). With a `drafter`, every pass after the prompt also checks
-    up to `draft_tokens` of its guesses; a batch keeps the guesses all its unfinished rows agree with.
+    up to `draft_tokens` of its guesses; a batch keeps the guesses all its unfinished rows agree with. A wrong guess
+    still costs compute (a 9-token pass of OPT-125M takes about 1.5x a 1-token pass on 2 CPU cores), so the number
+    asked for adapts: it halves after a pass that kept no guess (down to 1) and doubles, up to `draft_tokens`, after
+    one that kept them all.
     """
     if not supports_greedy_generate(model):
         raise ValueError(
@@ -195,6 +201,7 @@ def greedy_generate(
     texts = input_ids.tolist()  # what the drafter reads
     new_tokens = []
     guesses, guessed = draft_guesses(None, texts, 0, pad_id, device)
+    asked = draft_tokens
     start, hidden = 0, embeddings
     while True:
         length = hidden.shape[1]
@@ -220,7 +227,11 @@ def greedy_generate(
         for text, row in zip(texts, predicted[:, : kept + 1].tolist()):
             text.extend(row)
         start += length - (guesses.shape[1] - kept)  # the cache keeps the inputs up to the last kept guess
-        count = min(draft_tokens, max_new_tokens - len(new_tokens) - 1)
+        if guesses.shape[1] and kept == guesses.shape[1]:
+            asked = min(draft_tokens, 2 * asked)
+        elif guesses.shape[1] and not kept:
+            asked = max(1, asked // 2)
+        count = min(asked, draft_tokens, max_new_tokens - len(new_tokens) - 1)
         guesses, guessed = draft_guesses(
             drafter, texts, count, pad_id, device, unfinished.tolist(), config.vocab_size
         )
