@@ -92,7 +92,8 @@ def test_single_image_checks_the_checkpoints_caption_drafts(tmp_path, tiny_check
 
     checkpoint = shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint")
     tokenizer = describe.AutoProcessor.from_pretrained(checkpoint).tokenizer
-    save_caption_drafter(build_caption_drafter(tokenizer, ["A red dress for women.", "A red shirt for men."]), checkpoint)
+    drafter = build_caption_drafter(tokenizer, ["A red dress for women.", "A red shirt for men."])
+    save_caption_drafter(drafter, checkpoint)
     calls = []
     load_caption_drafter = describe.load_caption_drafter
 
@@ -106,7 +107,8 @@ def test_single_image_checks_the_checkpoints_caption_drafts(tmp_path, tiny_check
     descriptions = []
     for flags in ([], ["--no-drafts"]):
         out = tmp_path / f"results{len(descriptions)}.jsonl"
-        assert main(["describe", str(path), "--model", str(checkpoint), "--out", str(out), "--no-progress", *flags]) == 0
+        arguments = ["describe", str(path), "--model", str(checkpoint), "--out", str(out), "--no-progress", *flags]
+        assert main(arguments) == 0
         descriptions.append(json.loads(out.read_text())["description"])
         assert bool(calls) == (not flags), "drafts are checked unless --no-drafts"
         calls.clear()
