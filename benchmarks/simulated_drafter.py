@@ -6,6 +6,7 @@ pass's tokens share one activation scale), so no guess of their text holds still
 times the pass structure a trained model gets: `make_decisive` makes the model write one token by a wide margin
 (a pass costs the same whatever its tokens are), and `SimulatedDrafter` guesses it right with the probability
 measured on the trained demo model (benchmarks/agreement.py, "guess_acceptance"), drawn once per position.
+`counting_passes` counts the passes a decoding took, for both benchmarks' "tokens per pass".
 """
 
 from __future__ import annotations

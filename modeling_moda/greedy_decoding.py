@@ -128,11 +128,11 @@ def draft_guesses(
 
     Only `rows` (default: all) are asked; a guess outside `vocab_size` is an error, not an embedding index error.
     """
+    if drafter is None or count == 0:  # nothing to ask: skip the per-row work
+        empty = torch.empty(len(texts), 0, dtype=torch.long, device=device)
+        return empty, empty.bool()
     rows = [True] * len(texts) if rows is None else rows
-    guesses = [
-        drafter.draft(text, count)[:count] if drafter is not None and count > 0 and asked else []
-        for text, asked in zip(texts, rows)
-    ]
+    guesses = [drafter.draft(text, count)[:count] if asked else [] for text, asked in zip(texts, rows)]
     outside = [token for row in guesses for token in row if vocab_size is not None and not 0 <= token < vocab_size]
     if outside:
         raise ValueError(
@@ -198,7 +198,7 @@ def greedy_generate(
     )
     head = model.language_model.get_output_embeddings()
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
-    texts = input_ids.tolist()  # what the drafter reads
+    texts = input_ids.tolist()  # what the drafter reads (kept up to date only when there is one)
     new_tokens = []
     guesses, guessed = draft_guesses(None, texts, 0, pad_id, device)
     asked = draft_tokens
@@ -224,14 +224,15 @@ def greedy_generate(
                 break
         if not unfinished.any() or len(new_tokens) == max_new_tokens:
             break
-        for text, row in zip(texts, predicted[:, : kept + 1].tolist()):
-            text.extend(row)
+        if drafter is not None:
+            for text, row in zip(texts, predicted[:, : kept + 1].tolist()):
+                text.extend(row)
         start += length - (guesses.shape[1] - kept)  # the cache keeps the inputs up to the last kept guess
         if guesses.shape[1] and kept == guesses.shape[1]:
             asked = min(draft_tokens, 2 * asked)
         elif guesses.shape[1] and not kept:
             asked = max(1, asked // 2)
-        count = min(asked, draft_tokens, max_new_tokens - len(new_tokens) - 1)
+        count = min(asked, max_new_tokens - len(new_tokens) - 1)  # `asked` never passes draft_tokens
         guesses, guessed = draft_guesses(
             drafter, texts, count, pad_id, device, unfinished.tolist(), config.vocab_size
         )

@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .caption_vocabulary import checkpoint_file
+from .caption_vocabulary import caption_token_ids, checkpoint_file
 
 DRAFTS_FILE = "caption_drafts.json"
 DEFAULT_CONTEXT_TOKENS = 3
@@ -59,8 +59,7 @@ def build_caption_drafter(
     model reads it: BOS, the caption, EOS."""
     counts: dict[tuple[int, ...], Counter] = defaultdict(Counter)
     for caption in captions:
-        ids = tokenizer(caption.strip(), add_special_tokens=False)["input_ids"]
-        text = [tokenizer.bos_token_id, *ids, tokenizer.eos_token_id]
+        text = [tokenizer.bos_token_id, *caption_token_ids(tokenizer, caption), tokenizer.eos_token_id]
         for end in range(1, len(text)):
             for size in range(1, min(context_tokens, end) + 1):
                 counts[tuple(text[end - size : end])][text[end]] += 1

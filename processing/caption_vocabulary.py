@@ -17,11 +17,16 @@ from transformers.utils import cached_file
 VOCABULARY_FILE = "caption_vocabulary.json"
 
 
+def caption_token_ids(tokenizer, caption: str) -> list[int]:
+    """A caption's token ids as training tokenizes its target text: stripped, no special tokens."""
+    return tokenizer(caption.strip(), add_special_tokens=False)["input_ids"]
+
+
 def build_caption_vocabulary(tokenizer, captions: Iterable[str]) -> list[int]:
     """Sorted ids of every token in `captions` (tokenized as training tokenizes them), plus EOS."""
     token_ids = {tokenizer.eos_token_id}
     for caption in captions:
-        token_ids.update(tokenizer(caption.strip(), add_special_tokens=False)["input_ids"])
+        token_ids.update(caption_token_ids(tokenizer, caption))
     return sorted(token_ids)
 
 
@@ -62,6 +67,7 @@ def load_caption_vocabulary(model_name_or_path: str | os.PathLike) -> list[int] 
 __all__ = [
     "VOCABULARY_FILE",
     "build_caption_vocabulary",
+    "caption_token_ids",
     "checkpoint_file",
     "load_caption_vocabulary",
     "save_caption_vocabulary",
