@@ -33,6 +33,8 @@ from transformers.utils import logging
 
 import modeling_moda  # noqa: F401  (registers the "moda" Auto classes)
 from modeling_moda import MODAForConditionalGeneration
+from modeling_moda.cpu_memory import reuse_freed_memory
+from modeling_moda.fast_inference import cpu_has_native_bf16
 from processing import MODAProcessor
 from processing.caption_drafts import build_caption_drafter, save_caption_drafter
 from processing.caption_vocabulary import build_caption_vocabulary, save_caption_vocabulary
@@ -108,6 +110,19 @@ class MODATrainingArguments(TrainingArguments):
     save_total_limit: int | None = field(default=2, metadata={"help": "checkpoints kept"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "the collator needs image/description"})
     dataloader_num_workers: int = field(default=0, metadata={"help": "dataloader worker processes"})
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 mixed precision; default: on where it runs natively (a bf16 GPU, or a CPU with "
+                  "AVX512-BF16 or AMX), off where it would be emulated"},
+    )
+
+    def __post_init__(self):
+        if self.bf16 is None:  # the fastest safe choice for this machine
+            on_gpu = torch.cuda.is_available() and not self.use_cpu
+            self.bf16 = not self.fp16 and (torch.cuda.is_bf16_supported() if on_gpu else cpu_has_native_bf16())
+            # transformers takes bf16 on a CPU only when told that the run is CPU-only
+            self.use_cpu = self.use_cpu or (self.bf16 and not on_gpu)
+        super().__post_init__()
 
 
 # --demo: what the tiny model on the bundled catalogue needs (each is still overridable on the command line).
@@ -122,6 +137,7 @@ DEMO_DEFAULTS = {
     "warmup_steps": 30,
     "max_length": 40,
     "save_total_limit": 1,
+    "bf16": False,  # tiny matrices, and the same demo metrics on every machine
 }
 DEMO_SIZES = {
     "image_size": 32,
@@ -311,6 +327,8 @@ def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(argv)
     output_dir = Path(training_args.output_dir)
     set_seed(training_args.seed)
+    if training_args.device.type == "cpu" and reuse_freed_memory():
+        logger.info("CPU training: freed memory is kept for reuse (modeling_moda/cpu_memory.py)")
     if data_args.demo:
         if "OMP_NUM_THREADS" not in os.environ:
             # The demo's matrices are tiny: extra intra-op threads only add synchronisation, and on a busy

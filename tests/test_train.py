@@ -1,6 +1,7 @@
 """train_hf.py end to end on a tiny catalogue: outputs, feature cache, LoRA, resume, accelerate launch."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -183,3 +184,36 @@ def test_demo_defaults_follow_the_demo_value_however_it_is_spelled(flag, demo, t
     assert parsed[1].demo is demo
     # the explicit --num_train_epochs beats the demo default
     assert _settings(parsed, train_hf.DEMO_DEFAULTS) == {**defaults, "num_train_epochs": 3}
+
+
+@pytest.mark.parametrize(
+    "native, extra, expected",
+    [(False, [], False), (True, [], True), (True, ["--bf16", "false"], False), (True, ["--demo"], False)],
+)
+def test_bf16_by_default_only_where_the_cpu_computes_it_natively(native, extra, expected, monkeypatch, tmp_path):
+    monkeypatch.setattr(train_hf, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    training_args = train_hf.parse_args([*extra, "--output_dir", str(tmp_path)])[2]
+    assert training_args.bf16 is expected
+    assert training_args.use_cpu is expected  # transformers accepts bf16 without a GPU only for a CPU-only run
+
+
+def test_bf16_autocast_training_on_cpu(catalogue, tiny_backbones, tmp_path, monkeypatch):
+    """What the default turns on for a CPU with AMX: training runs under bf16 autocast and saves fp32 weights."""
+    training_dtypes = set()
+    build_model = train_hf.build_model
+
+    def build_and_watch(model_args):
+        model, processor = build_model(model_args)
+        model.projector.register_forward_hook(
+            lambda module, args, output: training_dtypes.add(output.dtype) if module.training else None
+        )
+        return model, processor
+
+    monkeypatch.setattr(train_hf, "build_model", build_and_watch)
+    out = tmp_path / "bf16"
+    metrics = train_hf.main(_args(catalogue, tiny_backbones, out, "--bf16", "true", "--use_cpu", "true"))
+    assert training_dtypes == {torch.bfloat16}
+    assert math.isfinite(metrics["validation"]["eval_loss"])
+    model = AutoModel.from_pretrained(out, trust_remote_code=True)
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.float32}
