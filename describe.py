@@ -24,7 +24,7 @@ from transformers.utils import logging
 import modeling_moda  # noqa: F401  (registers the "moda" Auto classes)
 import processing  # noqa: F401  (registers MODAProcessor with AutoProcessor)
 from modeling_moda.fast_inference import optimize_for_cpu
-from modeling_moda.greedy_decoding import Drafter, greedy_generate, supports_greedy_generate
+from modeling_moda.greedy_decoding import Drafter, generate_fast
 from processing.caption_drafts import load_caption_drafter
 from processing.caption_vocabulary import load_caption_vocabulary
 from processing.processing_moda import IMAGE_SUFFIXES, load_rgb_image
@@ -43,13 +43,6 @@ def find_images(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def lean_decoding_applies(model, generate_kwargs: dict) -> bool:
-    """`greedy_generate` covers greedy decoding (no beams, no sampling, only a length) of an OPT decoder."""
-    greedy = generate_kwargs.get("num_beams", 1) == 1 and not generate_kwargs.get("do_sample", False)
-    plain = set(generate_kwargs) <= {"max_new_tokens", "num_beams", "do_sample"}
-    return greedy and plain and supports_greedy_generate(model)
-
-
 @torch.inference_mode()
 def describe_images(
     model,
@@ -62,23 +55,16 @@ def describe_images(
 ) -> list[str]:
     """Descriptions for already-loaded images, generated `batch_size` at a time (left padding keeps batches exact).
 
-    `lean=True` decodes greedily in `greedy_generate`'s loop (same tokens, less time per token) wherever it
-    applies: an OPT decoder, no beams, no sampling; anything else goes through `model.generate`. The lean loop
-    checks a `drafter`'s guesses (`processing.caption_drafts`) for a batch of one image only: a batch keeps only
-    the guesses all its rows agree with, and its passes already read each weight once for many tokens.
+    `lean=True` decodes through `generate_fast`: greedily in `greedy_generate`'s loop (same tokens, less time per
+    token) wherever it applies, an OPT decoder, no beams, no sampling, checking a `drafter`'s guesses
+    (`processing.caption_drafts`) for a batch of one image; anything else goes through `model.generate`.
     """
-    lean = lean and lean_decoding_applies(model, generate_kwargs)
     descriptions: list[str] = []
     for start in range(0, len(images), batch_size):
         inputs = processor(images=list(images[start : start + batch_size]), return_tensors="pt").to(model.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
         if lean:
-            generated = greedy_generate(
-                model,
-                **inputs,
-                max_new_tokens=generate_kwargs.get("max_new_tokens"),
-                drafter=drafter if len(inputs["input_ids"]) == 1 else None,
-            )
+            generated = generate_fast(model, inputs, drafter, **generate_kwargs)
         else:
             generated = model.generate(**inputs, **generate_kwargs)
         descriptions.extend(processor.batch_decode(generated, skip_special_tokens=True))

@@ -16,7 +16,7 @@ ids, `processing.caption_vocabulary`) shrinks the head from 50272 rows to those 
 int8 quantizes activations with one scale per tensor, so a description can depend on the other images in its
 batch, and greedy text can differ from fp32 after a near-tied token; mode="fp32" keeps outputs exact.
 The result is for inference only: quantized layers cannot be trained or saved with `save_pretrained`.
-This module is not imported by `modeling_moda.py`, so it is not copied into saved checkpoints or Hub repos.
+`modeling_moda.py` imports this module, so `save_pretrained` copies it into checkpoints and Hub repos.
 """
 
 from __future__ import annotations

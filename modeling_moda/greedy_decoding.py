@@ -20,7 +20,7 @@ tests/test_greedy_decoding.py and tests/test_caption_drafts.py check it writes t
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Mapping, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -240,4 +240,29 @@ def greedy_generate(
     return torch.cat([input_ids, torch.stack(new_tokens, 1)], 1)
 
 
-__all__ = ["Drafter", "greedy_generate", "supports_greedy_generate"]
+def lean_decoding_applies(model: nn.Module, generate_kwargs: dict) -> bool:
+    """`greedy_generate` covers greedy decoding (no beams, no sampling, only a length) of an OPT decoder."""
+    greedy = generate_kwargs.get("num_beams", 1) == 1 and not generate_kwargs.get("do_sample", False)
+    plain = set(generate_kwargs) <= {"max_new_tokens", "num_beams", "do_sample"}
+    return greedy and plain and supports_greedy_generate(model)
+
+
+def generate_fast(
+    model: nn.Module, inputs: Mapping[str, torch.Tensor], drafter: Drafter | None = None, **generate_kwargs
+) -> torch.LongTensor:
+    """`greedy_generate` wherever it applies (`lean_decoding_applies`), else `model.generate(**inputs, ...)`.
+
+    The `drafter`'s guesses are checked for a batch of one row only: a batch keeps only the guesses all its rows
+    agree with, and its passes already read each weight once for many tokens.
+    """
+    if not lean_decoding_applies(model, generate_kwargs):
+        return model.generate(**inputs, **generate_kwargs)
+    return greedy_generate(
+        model,
+        **inputs,
+        max_new_tokens=generate_kwargs.get("max_new_tokens"),
+        drafter=drafter if len(inputs["input_ids"]) == 1 else None,
+    )
+
+
+__all__ = ["Drafter", "generate_fast", "greedy_generate", "lean_decoding_applies", "supports_greedy_generate"]

@@ -6,8 +6,10 @@
       -> written over the `<image>` placeholder embeddings of input_ids
       -> language_model (OPT-125M)                           -> logits (B, T, 50272)
 
-This file is copied next to ``model.safetensors`` by ``save_pretrained``: it imports only transformers, torch
-and ``.configuration_moda``, so a saved folder loads with ``trust_remote_code=True`` and no install.
+This file is copied next to ``model.safetensors`` by ``save_pretrained``, with the files it imports relatively
+(``configuration_moda.py``, and the CPU fast path: ``fast_inference.py``, ``greedy_decoding.py``); they import only
+transformers and torch, so a saved folder loads with ``trust_remote_code=True`` and no install, and remote-code
+users such as the Space find ``optimize_for_cpu`` and ``generate_fast`` in this module.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import logging
 
 from .configuration_moda import MODAConfig
+from .fast_inference import optimize_for_cpu
+from .greedy_decoding import generate_fast
 
 logger = logging.get_logger(__name__)
 
@@ -265,4 +269,4 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         return model_inputs
 
 
-__all__ = ["MODAForConditionalGeneration", "MODAPreTrainedModel", "MODAProjector"]
+__all__ = ["MODAForConditionalGeneration", "MODAPreTrainedModel", "MODAProjector", "generate_fast", "optimize_for_cpu"]

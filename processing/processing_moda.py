@@ -3,8 +3,10 @@
 A sequence is ``[pad ...] <image> x num_image_tokens, BOS, prompt or description tokens [, EOS]``, padded on
 the left so that batched generation continues every sequence from its last real token.
 
-This file is copied next to the saved processor by ``save_pretrained``: it imports only transformers, tokenizers,
-PIL, numpy and torch, so a saved folder loads with ``trust_remote_code=True`` and no install.
+This file is copied next to the saved processor by ``save_pretrained``, with the files it imports relatively
+(the loaders of ``caption_vocabulary.json`` and ``caption_drafts.json``, for the CPU fast path); they import only
+transformers, tokenizers, PIL, numpy and torch, so a saved folder loads with ``trust_remote_code=True`` and no
+install, and remote-code users such as the Space find the loaders in this module.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tokenizers import AddedToken
 from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
+
+from .caption_drafts import load_caption_drafter
+from .caption_vocabulary import load_caption_vocabulary
 
 IMAGE_TOKEN = "<image>"
 MAX_IMAGE_SIDE = 4096  # larger photos are shrunk first: the encoder sees 224 px anyway
@@ -231,4 +236,4 @@ class MODAProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "pixel_values"]
 
 
-__all__ = ["MODAProcessor", "load_rgb_image"]
+__all__ = ["MODAProcessor", "load_caption_drafter", "load_caption_vocabulary", "load_rgb_image"]

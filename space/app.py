@@ -1,6 +1,6 @@
 """MODA Space: describe fashion items from photos, one at a time (upload, paste or an example) or in batches.
 
-    MODA_MODEL=user/moda python app.py        # or a local checkpoint folder
+    MODA_MODEL=user/moda python app.py        # or a local checkpoint folder; MODA_FAST=none for fp32 generate
 
 The model comes from the ``MODA_MODEL`` variable (a Hub id or a local folder) or, when it is unset, from the
 first ``models:`` entry of this Space's README. MODA's code is loaded from the model repo with
@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 EXAMPLES = sorted(str(path) for path in (HERE / "examples").glob("*.jpg"))
 MAX_FILE_SIZE = "10mb"  # refused at upload time, before the app reads anything
 MAX_BATCH = 16
+FAST_MODES = ("int8", "none")
 # generate() keeps the CPU cores busy: running more requests at once only makes each one slower.
 CONCURRENCY_LIMIT = 2
 UNREADABLE = "is not an image MODA can read. Upload a JPEG, PNG or WebP photo."
@@ -50,12 +51,28 @@ class Describer:
 
     Images are opened with `load_rgb_image` from the processor's own (remote) code, the loader every MODA entry
     point uses: any mode, EXIF rotation, transparency on white, 16-bit and huge photos handled the same way.
+
+    `fast="int8"` (the default, `MODA_FAST`) runs `moda describe`'s CPU default, from the checkpoint's own code:
+    int8 decoder, LM head limited to the caption vocabulary, and greedy requests through the lean loop, which
+    checks the caption drafts for a single photo. `fast="none"` runs fp32 `generate`, exactly.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, fast: str = "int8"):
+        if fast not in FAST_MODES:
+            raise ValueError(f"MODA_FAST must be one of {FAST_MODES}, got {fast!r}")
         self.model = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
         self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
-        self.load_rgb_image: Callable[..., Image.Image] = sys.modules[type(self.processor).__module__].load_rgb_image
+        processing_code = sys.modules[type(self.processor).__module__]
+        modeling_code = sys.modules[type(self.model).__module__]
+        self.load_rgb_image: Callable[..., Image.Image] = processing_code.load_rgb_image
+        self.generate_fast: Callable[..., torch.LongTensor] | None = None
+        if fast == "int8" and not hasattr(modeling_code, "generate_fast"):
+            logger.warning("this checkpoint's code predates MODA's CPU fast path: fp32 generate")
+        elif fast == "int8":
+            vocabulary = processing_code.load_caption_vocabulary(path)
+            self.model = modeling_code.optimize_for_cpu(self.model, "int8", vocabulary=vocabulary)
+            self.generate_fast = modeling_code.generate_fast
+            self.drafter = processing_code.load_caption_drafter(path)
 
     def open(self, path: str, name: str) -> Image.Image:
         """The photo as RGB, or ValueError with a message fit for the user (the server path stays in the log)."""
@@ -77,7 +94,11 @@ class Describer:
         options = {"max_new_tokens": int(max_new_tokens), "num_beams": int(num_beams), "do_sample": temperature > 0}
         if temperature > 0:
             options["temperature"] = float(temperature)
-        return self.processor.batch_decode(self.model.generate(**inputs, **options), skip_special_tokens=True)
+        if self.generate_fast is None:
+            generated = self.model.generate(**inputs, **options)
+        else:
+            generated = self.generate_fast(self.model, inputs, self.drafter, **options)
+        return self.processor.batch_decode(generated, skip_special_tokens=True)
 
 
 def took(seconds: float, count: int) -> str:
@@ -182,7 +203,7 @@ def build_demo(describer: Describer, title: str = "MODA") -> gr.Blocks:
 def main() -> None:
     path = model_id()
     logger.warning(f"loading MODA from {path}")
-    demo = build_demo(Describer(path))
+    demo = build_demo(Describer(path, os.environ.get("MODA_FAST", "int8")))
     # Host and port come from GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (set by Spaces; 127.0.0.1:7860 locally).
     demo.queue(max_size=64).launch(max_file_size=MAX_FILE_SIZE, show_error=True, theme=gr.themes.Soft())
 

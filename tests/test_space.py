@@ -4,9 +4,11 @@ the tiny checkpoint as MODA_MODEL, called through gradio_client."""
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import io
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -22,6 +24,11 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from conftest import make_photo
+from describe import describe_images
+from modeling_moda import optimize_for_cpu
+from processing.caption_drafts import build_caption_drafter, load_caption_drafter, save_caption_drafter
+from processing.caption_vocabulary import build_caption_vocabulary, load_caption_vocabulary, save_caption_vocabulary
+from processing.processing_moda import load_rgb_image
 from push_to_hub import REPO_ROOT, clean_command, stage_space
 
 pytestmark = pytest.mark.slow
@@ -37,11 +44,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_space(checkpoint: Path, workdir: Path, timeout: float = 180) -> Iterator[str]:
-    """Runs `MODA_MODEL=checkpoint python space/app.py` on a free localhost port; yields its URL."""
+def serve_space(checkpoint: Path, workdir: Path, fast: str | None = None, timeout: float = 180) -> Iterator[str]:
+    """Runs `MODA_MODEL=checkpoint python space/app.py` (with `MODA_FAST=fast` unless None) on a free localhost
+    port; yields its URL."""
     port = free_port()
     env = {
-        **os.environ,
+        **{name: value for name, value in os.environ.items() if name != "MODA_FAST"},
+        **({} if fast is None else {"MODA_FAST": fast}),
         "MODA_MODEL": str(checkpoint),
         "GRADIO_SERVER_NAME": "127.0.0.1",
         "GRADIO_SERVER_PORT": str(port),
@@ -74,7 +83,8 @@ def serve_space(checkpoint: Path, workdir: Path, timeout: float = 180) -> Iterat
 
 @pytest.fixture(scope="module")
 def space_url(tiny_checkpoint, tmp_path_factory) -> Iterator[str]:
-    with serve_space(tiny_checkpoint, tmp_path_factory.mktemp("space")) as url:
+    """The Space in fp32 (`MODA_FAST=none`), whose answers must be exactly `generate`'s."""
+    with serve_space(tiny_checkpoint, tmp_path_factory.mktemp("space"), fast="none") as url:
         yield url
 
 
@@ -186,3 +196,69 @@ def test_model_defaults_to_the_model_repo_the_staged_space_links(tmp_path, monke
     monkeypatch.delenv("MODA_MODEL")
     with pytest.raises(SystemExit, match="Set MODA_MODEL"):
         load_app(APP.parent).model_id()  # the repository's own space/ names no model
+
+
+# What train_hf.py would have trained on: the fast path's vocabulary and drafts come from these. The tiny random
+# model's own fp32 text uses other tokens too, so the Space's default answers differ from fp32 `generate`.
+CAPTIONS = ["A red dress for women, ideal for parties.", "A navy blue men's striped polo shirt, ideal for casual wear."]
+
+
+@pytest.fixture(scope="module")
+def fast_checkpoint(tiny_checkpoint, tiny_processor, tmp_path_factory) -> Path:
+    """The tiny checkpoint with the files train_hf.py writes for the fast path (caption vocabulary and drafts)."""
+    path = tmp_path_factory.mktemp("fast_checkpoint")
+    shutil.copytree(tiny_checkpoint, path, dirs_exist_ok=True)
+    save_caption_vocabulary(build_caption_vocabulary(tiny_processor.tokenizer, CAPTIONS), path)
+    save_caption_drafter(build_caption_drafter(tiny_processor.tokenizer, CAPTIONS), path)
+    return path
+
+
+def cli_default(checkpoint: Path, model, processor, paths: list[Path], batch_size: int = 1) -> list[str]:
+    """What `moda describe`'s default writes: int8, caption vocabulary, lean loop, drafts for a single image."""
+    model = optimize_for_cpu(copy.deepcopy(model), "int8", vocabulary=load_caption_vocabulary(checkpoint))
+    return describe_images(
+        model, processor, [load_rgb_image(path) for path in paths], batch_size, lean=True,
+        drafter=load_caption_drafter(checkpoint), max_new_tokens=32, num_beams=1, do_sample=False,
+    )  # fmt: skip
+
+
+def test_default_space_writes_what_the_cli_default_writes(fast_checkpoint, tiny_model, tiny_processor, photo_files,
+                                                          tmp_path):
+    """Served as on a Space (the repository cannot be imported), the default runs the fast path from the
+    checkpoint's own code, one photo and a batch alike."""
+    single = cli_default(fast_checkpoint, tiny_model, tiny_processor, photo_files)
+    batch = cli_default(fast_checkpoint, tiny_model, tiny_processor, photo_files, batch_size=len(photo_files))
+    assert single != generate(tiny_model, tiny_processor, photo_files, max_new_tokens=32)
+    with serve_space(fast_checkpoint, tmp_path) as url:
+        client = Client(url, verbose=False)
+        assert [
+            client.predict(handle_file(str(path)), 32, 1, 0.0, api_name="/describe")[0] for path in photo_files
+        ] == single
+        gallery, _, _ = client.predict(
+            [handle_file(str(path)) for path in photo_files], 32, 1, 0.0, api_name="/describe_batch"
+        )
+        assert [item["caption"] for item in gallery] == batch
+
+
+def test_describer_takes_the_fast_path_from_the_checkpoint_code(fast_checkpoint, photo_files):
+    app = load_app(APP.parent)
+    describer = app.Describer(str(fast_checkpoint))
+    decoder_layer = describer.model.language_model.model.decoder.layers[0]
+    assert "quantized" in type(decoder_layer.fc1).__module__
+    assert type(describer.model.language_model.get_output_embeddings()).__name__ == "ShortlistHead"
+    asked = []
+    draft = describer.drafter.draft
+    describer.drafter.draft = lambda tokens, count: asked.append(count) or draft(tokens, count)
+    photos = [describer.open(str(path), path.name) for path in photo_files]
+    describer(photos[:1], 32, 1, 0.0)
+    assert asked, "a single greedy photo checks the caption drafts"
+    asked.clear()
+    describer(photos, 32, 1, 0.0)
+    describer(photos[:1], 8, 3, 0.0)  # beams: int8 generate
+    assert not asked, "batches and beam search do not"
+
+    exact = app.Describer(str(fast_checkpoint), "none")
+    assert exact.generate_fast is None
+    assert "quantized" not in type(exact.model.language_model.model.decoder.layers[0].fc1).__module__
+    with pytest.raises(ValueError, match="MODA_FAST must be one of"):
+        app.Describer(str(fast_checkpoint), "bf16")

@@ -72,7 +72,7 @@ def test_upload_describe_bad_upload_then_recover(tiny_checkpoint, tiny_model, ti
     bad = tmp_path / "bad.png"
     bad.write_text("a text file with an image's name")
 
-    with serve_space(tiny_checkpoint, tmp_path) as url, sync_playwright() as playwright:
+    with serve_space(tiny_checkpoint, tmp_path, fast="none") as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
