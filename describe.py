@@ -23,6 +23,7 @@ from transformers.utils import logging
 
 import modeling_moda  # noqa: F401  (registers the "moda" Auto classes)
 import processing  # noqa: F401  (registers MODAProcessor with AutoProcessor)
+from modeling_moda.cpu_memory import reuse_freed_memory
 from modeling_moda.fast_inference import optimize_for_cpu
 from modeling_moda.greedy_decoding import Drafter, generate_fast
 from processing.caption_drafts import load_caption_drafter
@@ -203,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag, given in (("--quantize-vision", args.quantize_vision), ("--full-vocabulary", args.full_vocabulary)):
         if given and fast != "int8":
             raise SystemExit(f"{flag} applies to --fast int8 with --dtype float32 only")
+    reuse_freed_memory()  # batches free and reallocate the same large activations every token
     model, processor = load_model(args.model, args.dtype, fast, args.full_vocabulary, args.quantize_vision)
     rows = describe_files(
         model,

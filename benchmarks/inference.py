@@ -35,19 +35,18 @@ from modeling_moda import MODAConfig, MODAForConditionalGeneration, optimize_for
 from modeling_moda.greedy_decoding import greedy_generate
 
 INT8 = {"dtype": "float32", "fast": "int8"}
+CLI = {**INT8, "lean": True, "shortlist": True, "reuse_memory": True}  # what `moda describe` sets up
 VARIANTS = {
     "baseline": {"label": "transformers fp32 generate (baseline)", "dtype": "float32"},
     "int8": {"label": "MODA int8 decoder + LM head", **INT8},
     "int8-vision": {"label": "MODA int8 + int8 vision tower", **INT8, "quantize_vision": True},
     "lean": {"label": "MODA int8 + lean greedy loop", **INT8, "lean": True},
-    "cli": {"label": "MODA int8 + lean loop + caption vocabulary (CLI default for batches)", **INT8, "lean": True,
-            "shortlist": True},
-    "cli-vision": {"label": "CLI default + int8 vision tower (--quantize-vision)", **INT8, "lean": True,
-                   "shortlist": True, "quantize_vision": True},
-    "drafts": {"label": "CLI default + caption drafts (CLI default for one image)", **INT8, "lean": True,
-               "shortlist": True, "drafts": True},
-    "drafts-vision": {"label": "CLI default + caption drafts + --quantize-vision", **INT8, "lean": True,
-                      "shortlist": True, "quantize_vision": True, "drafts": True},
+    "cli": {"label": "MODA int8 + lean loop + caption vocabulary + freed memory reused (CLI default for batches)",
+            **CLI},
+    "cli-vision": {"label": "CLI default + int8 vision tower (--quantize-vision)", **CLI, "quantize_vision": True},
+    "drafts": {"label": "CLI default + caption drafts (CLI default for one image)", **CLI, "drafts": True},
+    "drafts-vision": {"label": "CLI default + caption drafts + --quantize-vision", **CLI, "quantize_vision": True,
+                      "drafts": True},
     "bf16": {"label": "MODA bf16 weights", "dtype": "bfloat16", "bf16": True},
 }
 GPU_VARIANTS = ["baseline", "bf16"]  # int8 dynamic quantization is a CPU kernel
@@ -73,7 +72,7 @@ def photos(count: int, seed: int) -> list[Image.Image]:
 
 def measure_variant(spec: dict) -> dict:
     """Loads one variant and times it; runs in its own process."""
-    measure.setup_worker(spec["device"], spec["threads"], spec["seed"])
+    measure.setup_worker(spec["device"], spec["threads"], spec["seed"], spec.get("reuse_memory", False))
     model = MODAForConditionalGeneration.from_pretrained(spec["checkpoint"], dtype=getattr(torch, spec["dtype"]))
     model = model.to(spec["device"]).eval()
     if spec.get("fast"):

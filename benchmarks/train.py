@@ -24,7 +24,6 @@ import roofline
 import torch
 
 from modeling_moda import MODAConfig, MODAForConditionalGeneration
-from modeling_moda.cpu_memory import reuse_freed_memory
 from train_hf import ModelArguments, add_lora
 
 VARIANTS = {
@@ -76,10 +75,8 @@ def training_batch(config, batch_size: int, seq_len: int, device: str) -> dict[s
 
 def measure_variant(spec: dict) -> dict:
     """Loads the checkpoint and times training steps; runs in its own process."""
-    measure.setup_worker(spec["device"], spec["threads"], spec["seed"])
+    measure.setup_worker(spec["device"], spec["threads"], spec["seed"], spec.get("reuse_memory", False))
     device = spec["device"]
-    if spec.get("reuse_memory") and device == "cpu":
-        reuse_freed_memory()
     model = MODAForConditionalGeneration.from_pretrained(spec["checkpoint"]).to(device)
     if spec.get("lora"):
         model = add_lora(model, ModelArguments())  # train_hf.py's defaults: attention LoRA, projector in full
