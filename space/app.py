@@ -66,6 +66,7 @@ class Describer:
         modeling_code = sys.modules[type(self.model).__module__]
         self.load_rgb_image: Callable[..., Image.Image] = processing_code.load_rgb_image
         self.generate_fast: Callable[..., torch.LongTensor] | None = None
+        self.drafter = None
         if fast == "int8" and not hasattr(modeling_code, "generate_fast"):
             logger.warning("this checkpoint's code predates MODA's CPU fast path: fp32 generate")
         elif fast == "int8":

@@ -240,7 +240,9 @@ def test_default_space_writes_what_the_cli_default_writes(fast_checkpoint, tiny_
         assert [item["caption"] for item in gallery] == batch
 
 
-def test_describer_takes_the_fast_path_from_the_checkpoint_code(fast_checkpoint, photo_files):
+def test_describer_sets_up_the_cli_fast_path(fast_checkpoint, photo_files):
+    """int8 layers, the caption vocabulary's head, drafts for single greedy photos only. (In this process the
+    repository's MODA classes stand in for the checkpoint's code; the served test above runs the checkpoint's.)"""
     app = load_app(APP.parent)
     describer = app.Describer(str(fast_checkpoint))
     decoder_layer = describer.model.language_model.model.decoder.layers[0]
@@ -262,3 +264,23 @@ def test_describer_takes_the_fast_path_from_the_checkpoint_code(fast_checkpoint,
     assert "quantized" not in type(exact.model.language_model.model.decoder.layers[0].fc1).__module__
     with pytest.raises(ValueError, match="MODA_FAST must be one of"):
         app.Describer(str(fast_checkpoint), "bf16")
+
+
+def test_space_falls_back_to_generate_for_checkpoint_code_without_the_fast_path(
+    tiny_checkpoint, tiny_model, tiny_processor, photo_files, tmp_path
+):
+    """A checkpoint saved before its code carried the fast path still serves, with fp32 `generate` (served: in
+    this process the repository's own MODA classes would stand in for the checkpoint's code)."""
+    older = shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint_before_fast_path")
+    code = older / "modeling_moda.py"
+    for line in ("from .fast_inference import optimize_for_cpu\n", "from .greedy_decoding import generate_fast\n"):
+        assert line in code.read_text()
+        code.write_text(code.read_text().replace(line, ""))
+    for name in ("fast_inference.py", "greedy_decoding.py"):
+        (older / name).unlink()
+    with serve_space(older, tmp_path) as url:
+        description, _ = Client(url, verbose=False).predict(
+            handle_file(str(photo_files[0])), 32, 1, 0.0, api_name="/describe"
+        )
+    assert description == generate(tiny_model, tiny_processor, photo_files[:1], max_new_tokens=32)[0]
+    assert "predates MODA's CPU fast path" in (tmp_path / "app.log").read_text()
