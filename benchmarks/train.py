@@ -102,13 +102,20 @@ def measure_variant(spec: dict) -> dict:
 
     step()  # warm-up, also the step-1 loss
     step_s = measure.seconds(step, device, spec["steps"])
-    return {
+    result = {
         "samples_per_s": spec["batch_size"] / step_s,
         "step_s": step_s,
         "step1_loss": losses[0],
         "peak_memory_mb": measure.peak_memory_mb(device),
         "trainable_parameters": sum(parameter.numel() for parameter in parameters),
     }
+    if spec.get("profile"):  # one more step, untimed, under torch.profiler: where a step's time goes
+        with torch.profiler.profile(record_shapes=True) as profiler:
+            step()
+        result["profile"] = profiler.key_averages(group_by_input_shape=True).table(
+            sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40, max_shapes_column_width=50
+        )
+    return result
 
 
 def print_compute_ceiling(args, gflops: float) -> None:
@@ -132,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=29, help="tokens per sample, image and BOS included")
     parser.add_argument("--steps", type=int, help="timed steps per variant (default 3, --quick 1)")
+    parser.add_argument("--profile", action="store_true", help="also print each variant's top operators, one step")
     args = measure.parse_arguments(parser, VARIANTS, argv)
     if args.seq_len < 4:
         raise SystemExit("--seq-len must be at least 4 (image, BOS, one token, EOS)")
@@ -149,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         batch_size=args.batch_size,
         seq_len=args.seq_len,
         steps=steps,
+        profile=args.profile,
     )
 
     base = results["baseline"]
@@ -170,6 +179,9 @@ def main(argv: list[str] | None = None) -> dict:
         ["variant", "samples/s", "speed-up", "s/step", "peak memory (MB)", "step-1 loss"],
         rows,
     )
+    for name, result in results.items():
+        if "profile" in result:  # printed, not kept in the JSON
+            print(f"\n{VARIANTS[name]['label']}, one step's top operators by own time:\n{result.pop('profile')}")
     print(f"\ngoal: >= {ORIGINAL_SAMPLES_PER_S} samples/s (the original on an A100)")
     best = {}  # the baseline always runs, so there is always a full fine-tune
     for kind, is_lora in (("full fine-tune (the original's trainable set)", False), ("LoRA", True)):
