@@ -4,8 +4,8 @@ A training step allocates and frees several vocabulary-sized tensors: the logits
 gradient (16 x 29 x 50272 floats, 93 MB each at batch 16), and the LM head's weight gradient (154 MB). glibc
 serves any block over its mmap threshold (128 KiB, rising to at most 32 MiB) with a fresh mapping and returns it
 to the kernel when freed, so every step the kernel zero-fills those pages again, one page fault per 4 KiB. On this
-project's 2-core machine that made the step about a quarter longer (`python benchmarks/train.py`, the feature-cache
-rows with and without "freed memory reused"). Describing a batch of photos also allocates large short-lived
+project's 2-core machine that made the step a sixth to a quarter longer (`python benchmarks/train.py`, the
+feature-cache rows with and without "freed memory reused"). Describing a batch of photos also allocates large short-lived
 tensors, so `moda describe` sets this too (the CLI rows of `python benchmarks/inference.py`).
 """
 
