@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for flag, given in (("--quantize-vision", args.quantize_vision), ("--full-vocabulary", args.full_vocabulary)):
         if given and fast != "int8":
             raise SystemExit(f"{flag} applies to --fast int8 with --dtype float32 only")
-    reuse_freed_memory()  # batches free and reallocate the same large activations every token
+    reuse_freed_memory()  # as train_hf.py does: large short-lived tensors reuse freed memory (cpu_memory.py)
     model, processor = load_model(args.model, args.dtype, fast, args.full_vocabulary, args.quantize_vision)
     rows = describe_files(
         model,
