@@ -5,6 +5,7 @@ Nothing is downloaded: the backbones are random tiny CLIP/OPT models saved by `p
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from transformers.utils import logging
 
 from modeling_moda import MODAForConditionalGeneration
 from processing import MODAProcessor
+from processing.caption_drafts import build_caption_drafter, save_caption_drafter
+from processing.caption_vocabulary import build_caption_vocabulary, save_caption_vocabulary
 from processing.demo_backbones import save_tiny_backbones
 
 logging.set_verbosity_error()
@@ -65,6 +68,31 @@ def tiny_checkpoint(tmp_path_factory, tiny_model, tiny_processor) -> Path:
     tiny_model.save_pretrained(path)
     tiny_processor.save_pretrained(path)
     return path
+
+
+# What train_hf.py would have trained on: the fast path's caption vocabulary and drafts come from these. The tiny
+# random model's own fp32 text uses other tokens too, so fast-path answers differ from fp32 `generate`.
+FAST_PATH_CAPTIONS = [
+    "A red dress for women, ideal for parties.",
+    "A navy blue men's striped polo shirt, ideal for casual wear.",
+]
+
+
+@pytest.fixture(scope="session")
+def fast_checkpoint(tmp_path_factory, tiny_checkpoint, tiny_processor) -> Path:
+    """The tiny checkpoint with the files train_hf.py writes for the fast path (caption vocabulary and drafts)."""
+    path = shutil.copytree(tiny_checkpoint, tmp_path_factory.mktemp("fast") / "checkpoint")
+    tokenizer = tiny_processor.tokenizer
+    save_caption_vocabulary(build_caption_vocabulary(tokenizer, FAST_PATH_CAPTIONS), path)
+    save_caption_drafter(build_caption_drafter(tokenizer, FAST_PATH_CAPTIONS), path)
+    return path
+
+
+def count_draft_calls(drafter, asked: list[int]):
+    """`drafter`, whose every `draft` call appends the number of guesses asked for to `asked`."""
+    draft = drafter.draft
+    drafter.draft = lambda tokens, count: asked.append(count) or draft(tokens, count)
+    return drafter
 
 
 def make_photo(seed: int, size: tuple[int, int] = (48, 40)) -> Image.Image:

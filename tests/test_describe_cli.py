@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from conftest import count_draft_calls
 from describe import main
 
 
@@ -83,26 +84,16 @@ def test_default_fast_path_writes_what_int8_generate_writes(tmp_path, tiny_check
     assert [rows[str(path)] for path in paths] == expected
 
 
-def test_single_image_checks_the_checkpoints_caption_drafts(tmp_path, tiny_checkpoint, photos, monkeypatch):
+def test_single_image_checks_the_checkpoints_caption_drafts(tmp_path, fast_checkpoint, photos, monkeypatch):
     """One image: the CLI hands caption_drafts.json to the lean loop (same text), and `--no-drafts` does not."""
-    import shutil
-
     import describe
-    from processing.caption_drafts import build_caption_drafter, save_caption_drafter
 
-    checkpoint = shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint")
-    tokenizer = describe.AutoProcessor.from_pretrained(checkpoint).tokenizer
-    drafter = build_caption_drafter(tokenizer, ["A red dress for women.", "A red shirt for men."])
-    save_caption_drafter(drafter, checkpoint)
+    checkpoint = fast_checkpoint
     calls = []
     load_caption_drafter = describe.load_caption_drafter
-
-    def counting(path):
-        drafter = load_caption_drafter(path)
-        drafter.draft = lambda tokens, count, draft=drafter.draft: calls.append(count) or draft(tokens, count)
-        return drafter
-
-    monkeypatch.setattr(describe, "load_caption_drafter", counting)
+    monkeypatch.setattr(
+        describe, "load_caption_drafter", lambda path: count_draft_calls(load_caption_drafter(path), calls)
+    )
     [path] = write_photos(tmp_path / "photos", photos[:1])
     descriptions = []
     for flags in ([], ["--no-drafts"]):

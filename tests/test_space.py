@@ -23,11 +23,11 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from conftest import make_photo
+from conftest import count_draft_calls, make_photo
 from describe import describe_images
 from modeling_moda import optimize_for_cpu
-from processing.caption_drafts import build_caption_drafter, load_caption_drafter, save_caption_drafter
-from processing.caption_vocabulary import build_caption_vocabulary, load_caption_vocabulary, save_caption_vocabulary
+from processing.caption_drafts import load_caption_drafter
+from processing.caption_vocabulary import load_caption_vocabulary
 from processing.processing_moda import load_rgb_image
 from push_to_hub import REPO_ROOT, clean_command, stage_space
 
@@ -198,36 +198,23 @@ def test_model_defaults_to_the_model_repo_the_staged_space_links(tmp_path, monke
         load_app(APP.parent).model_id()  # the repository's own space/ names no model
 
 
-# What train_hf.py would have trained on: the fast path's vocabulary and drafts come from these. The tiny random
-# model's own fp32 text uses other tokens too, so the Space's default answers differ from fp32 `generate`.
-CAPTIONS = ["A red dress for women, ideal for parties.", "A navy blue men's striped polo shirt, ideal for casual wear."]
-
-
-@pytest.fixture(scope="module")
-def fast_checkpoint(tiny_checkpoint, tiny_processor, tmp_path_factory) -> Path:
-    """The tiny checkpoint with the files train_hf.py writes for the fast path (caption vocabulary and drafts)."""
-    path = tmp_path_factory.mktemp("fast_checkpoint")
-    shutil.copytree(tiny_checkpoint, path, dirs_exist_ok=True)
-    save_caption_vocabulary(build_caption_vocabulary(tiny_processor.tokenizer, CAPTIONS), path)
-    save_caption_drafter(build_caption_drafter(tiny_processor.tokenizer, CAPTIONS), path)
-    return path
-
-
-def cli_default(checkpoint: Path, model, processor, paths: list[Path], batch_size: int = 1) -> list[str]:
-    """What `moda describe`'s default writes: int8, caption vocabulary, lean loop, drafts for a single image."""
+def cli_default(checkpoint: Path, model, processor, paths: list[Path]) -> tuple[list[str], list[str]]:
+    """What `moda describe`'s default writes (int8, caption vocabulary, lean loop, drafts for a single image), one
+    photo at a time and in one batch."""
     model = optimize_for_cpu(copy.deepcopy(model), "int8", vocabulary=load_caption_vocabulary(checkpoint))
-    return describe_images(
-        model, processor, [load_rgb_image(path) for path in paths], batch_size, lean=True,
-        drafter=load_caption_drafter(checkpoint), max_new_tokens=32, num_beams=1, do_sample=False,
-    )  # fmt: skip
+    images, drafter = [load_rgb_image(path) for path in paths], load_caption_drafter(checkpoint)
+    options = {"lean": True, "drafter": drafter, "max_new_tokens": 32, "num_beams": 1, "do_sample": False}
+    return (
+        describe_images(model, processor, images, batch_size=1, **options),
+        describe_images(model, processor, images, batch_size=len(images), **options),
+    )
 
 
 def test_default_space_writes_what_the_cli_default_writes(fast_checkpoint, tiny_model, tiny_processor, photo_files,
                                                           tmp_path):
     """Served as on a Space (the repository cannot be imported), the default runs the fast path from the
     checkpoint's own code, one photo and a batch alike."""
-    single = cli_default(fast_checkpoint, tiny_model, tiny_processor, photo_files)
-    batch = cli_default(fast_checkpoint, tiny_model, tiny_processor, photo_files, batch_size=len(photo_files))
+    single, batch = cli_default(fast_checkpoint, tiny_model, tiny_processor, photo_files)
     assert single != generate(tiny_model, tiny_processor, photo_files, max_new_tokens=32)
     with serve_space(fast_checkpoint, tmp_path) as url:
         client = Client(url, verbose=False)
@@ -249,8 +236,7 @@ def test_describer_sets_up_the_cli_fast_path(fast_checkpoint, photo_files):
     assert "quantized" in type(decoder_layer.fc1).__module__
     assert type(describer.model.language_model.get_output_embeddings()).__name__ == "ShortlistHead"
     asked = []
-    draft = describer.drafter.draft
-    describer.drafter.draft = lambda tokens, count: asked.append(count) or draft(tokens, count)
+    count_draft_calls(describer.drafter, asked)
     photos = [describer.open(str(path), path.name) for path in photo_files]
     describer(photos[:1], 32, 1, 0.0)
     assert asked, "a single greedy photo checks the caption drafts"
