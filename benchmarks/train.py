@@ -9,8 +9,9 @@ and OPT-125M trained), except the LoRA row (`train_hf.py --lora`: adapters on th
 full). One step = forward, backward, optimizer step on a batch of `--batch-size` captions of `--seq-len` tokens.
 MODA's settings: the frozen-feature cache (`image_embeds` computed once per dataset, so CLIP leaves the step),
 fused AdamW (`torch.optim.AdamW(fused=True)`, Trainer's `optim="adamw_torch_fused"`), freed memory kept for reuse
-(`modeling_moda/cpu_memory.py`, CPU only), bf16 autocast and `torch.compile` (its compile time falls in the
-untimed warm-up step). Each variant runs in its own
+(`modeling_moda/cpu_memory.py`, CPU only), the LM head run only at positions with a label (`forward(skip_logits=)`,
+the default while training), bf16 autocast and `torch.compile` (its compile time falls in the untimed warm-up
+step). Each variant runs in its own
 process from the same saved weights; "step-1 loss" is the loss of the first step on the same batch, a check that
 every variant computes the same thing.
 """
@@ -31,23 +32,28 @@ VARIANTS = {
     "pixels-fp32": {"label": "MODA fp32, pixel_values, fused AdamW", "images": "pixel_values", "fused": True},
     "cache-fp32": {"label": "MODA fp32, feature cache, fused AdamW", "images": "image_embeds", "fused": True},
     "cache-reuse": {
-        "label": "MODA fp32, feature cache, fused AdamW, freed memory reused (**`train_hf.py` default**)",
-        "images": "image_embeds", "fused": True, "reuse_memory": True,
+        "label": "MODA fp32, feature cache, fused AdamW, freed memory reused", "images": "image_embeds", "fused": True,
+        "reuse_memory": True,
+    },
+    "cache-labelled": {
+        "label": "MODA fp32, feature cache, fused AdamW, freed memory reused, LM head at labelled positions only "
+        "(**`train_hf.py` default**; it adds bf16 autocast where bf16 is native)",
+        "images": "image_embeds", "fused": True, "reuse_memory": True, "labelled_head": True,
     },
     "cache-compile": {
-        "label": "MODA fp32, feature cache, fused AdamW, freed memory reused, torch.compile", "images": "image_embeds",
-        "fused": True, "reuse_memory": True, "compile": True,
+        "label": "MODA default + torch.compile", "images": "image_embeds", "fused": True, "reuse_memory": True,
+        "labelled_head": True, "compile": True,
     },
     "lora": {
-        "label": "MODA LoRA (`train_hf.py --lora`), feature cache, fused AdamW, freed memory reused",
-        "images": "image_embeds", "fused": True, "reuse_memory": True, "lora": True,
+        "label": "MODA LoRA (`train_hf.py --lora`), feature cache, fused AdamW, freed memory reused, labelled head",
+        "images": "image_embeds", "fused": True, "reuse_memory": True, "labelled_head": True, "lora": True,
     },
     "pixels-bf16": {
         "label": "MODA bf16 autocast, pixel_values, fused AdamW", "images": "pixel_values", "fused": True, "bf16": True
     },
     "cache-bf16": {
-        "label": "MODA bf16 autocast, feature cache, fused AdamW, freed memory reused", "images": "image_embeds",
-        "fused": True, "reuse_memory": True, "bf16": True,
+        "label": "MODA default + bf16 autocast", "images": "image_embeds", "fused": True, "reuse_memory": True,
+        "labelled_head": True, "bf16": True,
     },
 }
 
@@ -93,8 +99,8 @@ def measure_variant(spec: dict) -> dict:
     forward = torch.compile(model) if spec.get("compile") else model  # compiles during the warm-up step
 
     def step() -> None:
-        with autocast:
-            loss = forward(**batch).loss
+        with autocast:  # without the labelled head, the LM head runs at every position, as in plain transformers
+            loss = forward(**batch, skip_logits=spec.get("labelled_head", False)).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -121,15 +127,19 @@ def measure_variant(spec: dict) -> dict:
 def print_compute_ceiling(args, gflops: float) -> None:
     """The matmul ceiling on samples/s: 6 FLOPs per trained weight per token it sees, at this CPU's measured peak."""
     model = MODAForConditionalGeneration(MODAConfig())
-    # every token meets every LM weight (the tied 50272 x 768 embedding once, as the LM head's matmul; the position
-    # table is a lookup); the projector sees only the image tokens
-    per_token = sum(p.numel() for name, p in model.language_model.named_parameters() if "embed_positions" not in name)
-    per_image = sum(p.numel() for p in model.projector.parameters()) * model.config.num_image_tokens
-    sample_gflop = 6 * (per_token * args.seq_len + per_image) / 1e9
+    # the decoder's weights meet every token; the tied 50272 x 768 embedding only as the LM head's matmul at the
+    # labelled positions (all but the image and BOS inputs); the position table is a lookup; the projector sees only
+    # the image tokens
+    head = model.get_output_embeddings().weight.numel()
+    decoder = sum(p.numel() for name, p in model.language_model.named_parameters() if "embed_" not in name)
+    projector = sum(p.numel() for p in model.projector.parameters()) * model.config.num_image_tokens
+    labelled = args.seq_len - 2
+    sample_gflop = 6 * (decoder * args.seq_len + head * labelled + projector) / 1e9
     print(
         f"ceiling: fp32 matmul peaks at {gflops:.0f} GFLOP/s here; a {args.seq_len}-token sample needs "
-        f"{sample_gflop:.1f} GFLOP (6 x {per_token / 1e6:.0f}M LM weights x tokens, the projector once per image), so "
-        f"a full fine-tune reaches at most {gflops / sample_gflop:.2f} samples/s if every FLOP ran at that peak "
+        f"{sample_gflop:.1f} GFLOP (6 x {decoder / 1e6:.0f}M decoder weights x {args.seq_len} tokens + 6 x "
+        f"{head / 1e6:.0f}M LM head weights x {labelled} labelled tokens, the projector once per image), so a full "
+        f"fine-tune reaches at most {gflops / sample_gflop:.2f} samples/s if every FLOP ran at that peak "
         f"(goal {ORIGINAL_SAMPLES_PER_S})"
     )
 

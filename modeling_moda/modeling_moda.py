@@ -77,6 +77,34 @@ def vision_tower_config(backbone_config) -> PreTrainedConfig:
     return vision_config
 
 
+def supports_labelled_head(text_config: PreTrainedConfig) -> bool:
+    """OPT's logits are exactly its LM head applied to the decoder output; other LMs may scale or cap them."""
+    return text_config.model_type == "opt"
+
+
+def labelled_positions_loss(
+    head: nn.Module,
+    hidden_states: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: torch.Tensor | int | None = None,
+) -> torch.Tensor:
+    """transformers' causal-LM loss, with the LM head run only where a position has a next-token label.
+
+    The head's three vocabulary-wide products are the largest of a training step; image, BOS, last and pad
+    positions carry no label, so they are skipped rather than computed and ignored. Like transformers' loss, the
+    sum is divided by `num_items_in_batch` when the Trainer passes it (gradient accumulation), else averaged.
+    """
+    next_labels = labels[:, 1:]
+    labelled = next_labels != -100
+    logits = head(hidden_states[:, :-1][labelled]).float()
+    loss = nn.functional.cross_entropy(logits, next_labels[labelled], reduction="sum")
+    if num_items_in_batch is None:
+        return loss / labelled.sum()
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(loss.device)
+    return loss / num_items_in_batch
+
+
 class MODAPreTrainedModel(PreTrainedModel):
     config: MODAConfig
     config_class = MODAConfig
@@ -227,6 +255,7 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
+        skip_logits: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         r"""
@@ -237,24 +266,37 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
             Next-token targets aligned with `input_ids`; -100 positions are ignored. Image positions are
             always ignored.
+        skip_logits (`bool`, *optional*):
+            Compute the loss from the LM head at labelled positions only and return `logits=None`. The default
+            (None) does so while training with labels, where nothing reads the logits; the loss is the same.
         """
         inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_embeds, inputs_embeds)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
-
-        loss = None
-        if labels is not None:
-            if input_ids is not None:
-                labels = labels.masked_fill(input_ids == self.config.image_token_id, -100)
-            loss = self.loss_function(
-                logits=outputs.logits,
-                labels=labels,
-                vocab_size=self.config.text_config.vocab_size,
-                num_items_in_batch=num_items_in_batch,
-            )
+        if labels is not None and input_ids is not None:
+            labels = labels.masked_fill(input_ids == self.config.image_token_id, -100)
+        if skip_logits is None:
+            skip_logits = self.training and labels is not None and supports_labelled_head(self.config.text_config)
+        if skip_logits:
+            if labels is None:
+                raise ValueError("skip_logits=True computes only the loss, so it needs labels")
+            outputs = self.get_decoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+            head = self.get_output_embeddings()
+            loss = labelled_positions_loss(head, outputs.last_hidden_state, labels, num_items_in_batch)
+            logits = None
+        else:
+            outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+            logits = outputs.logits
+            loss = None
+            if labels is not None:
+                loss = self.loss_function(
+                    logits=logits,
+                    labels=labels,
+                    vocab_size=self.config.text_config.vocab_size,
+                    num_items_in_batch=num_items_in_batch,
+                )
         return CausalLMOutputWithPast(
             loss=loss,
-            logits=outputs.logits,
+            logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,

@@ -122,6 +122,41 @@ def test_training_step_updates_projector_and_lm_not_vision(tiny_backbones, tiny_
     assert model.get_input_embeddings().weight.grad is not None
 
 
+@pytest.mark.parametrize("num_items_in_batch", [None, 40])
+def test_training_loss_skips_the_head_at_unlabelled_positions(
+    tiny_backbones, tiny_processor, photos, num_items_in_batch
+):
+    model = MODAForConditionalGeneration.from_backbones(*tiny_backbones).train()
+    batch = tiny_processor(images=photos, text=FASHION_TEXTS[:4], return_labels=True)  # padded: captions differ
+    head_rows = []
+    handle = model.get_output_embeddings().register_forward_hook(
+        lambda module, args, output: head_rows.append(args[0].shape[:-1].numel())
+    )
+
+    def loss_and_gradients(**options) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        torch.manual_seed(0)  # the same dropout masks for both paths
+        output = model(**batch, num_items_in_batch=num_items_in_batch, **options)
+        output.loss.backward()
+        gradients = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        model.zero_grad(set_to_none=True)
+        return output, gradients
+
+    try:
+        labelled, labelled_gradients = loss_and_gradients()  # training with labels: the default
+        full, full_gradients = loss_and_gradients(skip_logits=False)
+    finally:
+        handle.remove()
+    assert labelled.logits is None and full.logits is not None
+    targets = int((batch["labels"][:, 1:] != -100).sum())
+    assert head_rows == [targets, batch["input_ids"].numel()] and targets < batch["input_ids"].numel() - 4
+    torch.testing.assert_close(labelled.loss, full.loss)
+    assert len(labelled_gradients) == len(full_gradients) > 0
+    for labelled_gradient, full_gradient in zip(labelled_gradients, full_gradients):
+        torch.testing.assert_close(labelled_gradient, full_gradient)
+    with pytest.raises(ValueError, match="needs labels"):
+        model(**tiny_processor(images=photos[:1]), skip_logits=True)
+
+
 def test_from_backbones_keeps_pretrained_weights(tiny_backbones, tiny_model):
     vision_dir, _ = tiny_backbones
     clip = CLIPModel.from_pretrained(vision_dir).eval()
