@@ -6,14 +6,15 @@
 
 Real-size architecture with random weights, the original recipe's trainable set (vision tower frozen; projector
 and OPT-125M trained), except the LoRA row (`train_hf.py --lora`: adapters on the LM's attention, projector in
-full). One step = forward, backward, optimizer step on a batch of `--batch-size` captions of `--seq-len` tokens.
+full). One step = forward and backward on `--accumulation-steps` batches of `--batch-size` captions of `--seq-len`
+tokens, then the optimizer step (the original recipe: batch 32, 8 accumulation steps).
 MODA's settings: the frozen-feature cache (`image_embeds` computed once per dataset, so CLIP leaves the step),
 fused AdamW (`torch.optim.AdamW(fused=True)`, Trainer's `optim="adamw_torch_fused"`), freed memory kept for reuse
 (`modeling_moda/cpu_memory.py`, CPU only), the LM head run only at positions with a label (`forward(skip_logits=)`,
 the default while training), bf16 autocast and `torch.compile` (its compile time falls in the untimed warm-up
-step). Each variant runs in its own
-process from the same saved weights; "step-1 loss" is the loss of the first step on the same batch, a check that
-every variant computes the same thing.
+step). Each variant runs in its own process from the same saved weights; "loss check" is the untrained model's
+loss on the batch with dropout off, through the variant's own forward: a check that every variant computes the
+same thing.
 """
 
 from __future__ import annotations
@@ -90,28 +91,31 @@ def measure_variant(spec: dict) -> dict:
     if spec["images"] == "image_embeds":  # the feature cache: computed once per image, outside the step
         with torch.no_grad():
             batch["image_embeds"] = model.get_image_embeds(batch.pop("pixel_values"))
-    model.train()
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=1e-5, fused=spec.get("fused"))
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=spec.get("bf16", False))
-    losses = []
-
     forward = torch.compile(model) if spec.get("compile") else model  # compiles during the warm-up step
 
-    def step() -> None:
+    def loss() -> torch.Tensor:
         with autocast:  # without the labelled head, the LM head runs at every position, as in plain transformers
-            loss = forward(**batch, skip_logits=spec.get("labelled_head", False)).loss
-        loss.backward()
+            return forward(**batch, skip_logits=spec.get("labelled_head", False)).loss
+
+    with torch.no_grad():  # the model is in eval mode after loading: no dropout, so every variant's loss agrees
+        check_loss = loss().item()
+    model.train()
+
+    def step() -> None:
+        for _ in range(spec["accumulation_steps"]):
+            (loss() / spec["accumulation_steps"]).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
 
-    step()  # warm-up, also the step-1 loss
+    step()  # warm-up
     step_s = measure.seconds(step, device, spec["steps"])
     result = {
-        "samples_per_s": spec["batch_size"] / step_s,
+        "samples_per_s": spec["batch_size"] * spec["accumulation_steps"] / step_s,
         "step_s": step_s,
-        "step1_loss": losses[0],
+        "check_loss": check_loss,
         "peak_memory_mb": measure.peak_memory_mb(device),
         "trainable_parameters": sum(parameter.numel() for parameter in parameters),
     }
@@ -127,17 +131,17 @@ def measure_variant(spec: dict) -> dict:
 def print_compute_ceiling(args, gflops: float) -> None:
     """The matmul ceiling on samples/s: 6 FLOPs per trained weight per token it sees, at this CPU's measured peak."""
     model = MODAForConditionalGeneration(MODAConfig())
-    # the decoder's weights meet every token; the tied 50272 x 768 embedding only as the LM head's matmul at the
-    # labelled positions (all but the image and BOS inputs); the position table is a lookup; the projector sees only
-    # the image tokens
+    # the decoder's weights meet every token but the last, which predicts nothing; the tied 50272 x 768 embedding
+    # only as the LM head's matmul at the labelled positions (all but the image input, whose next token is BOS, and
+    # the last); the position table is a lookup; the projector sees only the image tokens
     head = model.get_output_embeddings().weight.numel()
     decoder = sum(p.numel() for name, p in model.language_model.named_parameters() if "embed_" not in name)
     projector = sum(p.numel() for p in model.projector.parameters()) * model.config.num_image_tokens
-    labelled = args.seq_len - 2
-    sample_gflop = 6 * (decoder * args.seq_len + head * labelled + projector) / 1e9
+    decoded, labelled = args.seq_len - 1, args.seq_len - 2
+    sample_gflop = 6 * (decoder * decoded + head * labelled + projector) / 1e9
     print(
         f"ceiling: fp32 matmul peaks at {gflops:.0f} GFLOP/s here; a {args.seq_len}-token sample needs "
-        f"{sample_gflop:.1f} GFLOP (6 x {decoder / 1e6:.0f}M decoder weights x {args.seq_len} tokens + 6 x "
+        f"{sample_gflop:.1f} GFLOP (6 x {decoder / 1e6:.0f}M decoder weights x {decoded} tokens + 6 x "
         f"{head / 1e6:.0f}M LM head weights x {labelled} labelled tokens, the projector once per image), so a full "
         f"fine-tune reaches at most {gflops / sample_gflop:.2f} samples/s if every FLOP ran at that peak "
         f"(goal {ORIGINAL_SAMPLES_PER_S})"
@@ -148,11 +152,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=29, help="tokens per sample, image and BOS included")
+    parser.add_argument("--accumulation-steps", type=int, default=1, help="batches per optimizer step")
     parser.add_argument("--steps", type=int, help="timed steps per variant (default 3, --quick 1)")
     parser.add_argument("--profile", action="store_true", help="also print each variant's top operators, one step")
     args = measure.parse_arguments(parser, VARIANTS, argv)
     if args.seq_len < 4:
         raise SystemExit("--seq-len must be at least 4 (image, BOS, one token, EOS)")
+    if args.accumulation_steps < 1:
+        raise SystemExit("--accumulation-steps must be at least 1")
     steps = args.steps or (1 if args.quick else 3)
 
     if args.device == "cpu":  # the peak, before and after the variants: a slow spell of a shared machine lowers it
@@ -166,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         args,
         batch_size=args.batch_size,
         seq_len=args.seq_len,
+        accumulation_steps=args.accumulation_steps,
         steps=steps,
         profile=args.profile,
     )
@@ -178,15 +186,16 @@ def main(argv: list[str] | None = None) -> dict:
             measure.ratio(result["samples_per_s"], base["samples_per_s"]),
             f"{result['step_s']:.2f}",
             f"{result['peak_memory_mb']:.0f}",
-            f"{result['step1_loss']:.4f}",
+            f"{result['check_loss']:.4f}",
         ]
         for name, result in results.items()
     ]
     info = measure.machine(args.device, args.threads)
     measure.print_table(
-        f"Training, {args.device}, {info['torch_threads']} threads, batch {args.batch_size} x {args.seq_len} tokens, "
+        f"Training, {args.device}, {info['torch_threads']} threads, batch {args.batch_size} x {args.seq_len} tokens"
+        f"{f' x {args.accumulation_steps} accumulated' if args.accumulation_steps > 1 else ''}, "
         f"{steps} timed steps ({info['cpu']}, load {info['load_average_1min']})",
-        ["variant", "samples/s", "speed-up", "s/step", "peak memory (MB)", "step-1 loss"],
+        ["variant", "samples/s", "speed-up", "s/step", "peak memory (MB)", "loss check"],
         rows,
     )
     for name, result in results.items():
@@ -209,7 +218,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.device == "cpu":
         info["fp32_matmul_gflops"] = round(max(peak_gflops, roofline.matmul_gflops()), 1)
         print_compute_ceiling(args, info["fp32_matmul_gflops"])
-    settings = {"batch_size": args.batch_size, "seq_len": args.seq_len, "steps": steps}
+    settings = {
+        "batch_size": args.batch_size, "seq_len": args.seq_len, "accumulation_steps": args.accumulation_steps,
+        "steps": steps,
+    }
     summary = {"machine": info, **settings, "results": results}
     measure.write_json(args.json, args.command, summary)
     return summary

@@ -90,13 +90,14 @@ def labelled_positions_loss(
 ) -> torch.Tensor:
     """transformers' causal-LM loss, with the LM head run only where a position has a next-token label.
 
-    The head's three vocabulary-wide products are the largest of a training step; image, BOS, last and pad
-    positions carry no label, so they are skipped rather than computed and ignored. Like transformers' loss, the
-    sum is divided by `num_items_in_batch` when the Trainer passes it (gradient accumulation), else averaged.
+    `hidden_states` cover every position but the last (which has no next token). The head's three
+    vocabulary-wide products are the largest of a training step; image, BOS and pad positions carry no label, so
+    they are skipped rather than computed and ignored. Like transformers' loss, the sum is divided by
+    `num_items_in_batch` when the Trainer passes it (gradient accumulation), else averaged.
     """
     next_labels = labels[:, 1:]
     labelled = next_labels != -100
-    logits = head(hidden_states[:, :-1][labelled]).float()
+    logits = head(hidden_states[labelled]).float()
     loss = nn.functional.cross_entropy(logits, next_labels[labelled], reduction="sum")
     if num_items_in_batch is None:
         return loss / labelled.sum()
@@ -267,8 +268,9 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
             Next-token targets aligned with `input_ids`; -100 positions are ignored. Image positions are
             always ignored.
         skip_logits (`bool`, *optional*):
-            Compute the loss from the LM head at labelled positions only and return `logits=None`. The default
-            (None) does so while training with labels, where nothing reads the logits; the loss is the same.
+            Compute only the loss, from the LM head at labelled positions, and return `logits=None`; the decoder
+            skips the last position (hidden states and cache then stop one short). The default (None) does so while
+            training with labels, where nothing reads the logits. The loss and gradients are the same.
         """
         inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_embeds, inputs_embeds)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
@@ -279,7 +281,10 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         if skip_logits:
             if labels is None:
                 raise ValueError("skip_logits=True computes only the loss, so it needs labels")
-            outputs = self.get_decoder()(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+            # the last position predicts no label and no earlier one attends to it: the decoder leaves it out
+            if attention_mask is not None:
+                attention_mask = attention_mask[:, :-1]
+            outputs = self.get_decoder()(inputs_embeds=inputs_embeds[:, :-1], attention_mask=attention_mask, **kwargs)
             head = self.get_output_embeddings()
             loss = labelled_positions_loss(head, outputs.last_hidden_state, labels, num_items_in_batch)
             logits = None

@@ -123,38 +123,55 @@ def test_training_step_updates_projector_and_lm_not_vision(tiny_backbones, tiny_
 
 
 @pytest.mark.parametrize("num_items_in_batch", [None, 40])
-def test_training_loss_skips_the_head_at_unlabelled_positions(
-    tiny_backbones, tiny_processor, photos, num_items_in_batch
-):
-    model = MODAForConditionalGeneration.from_backbones(*tiny_backbones).train()
+def test_loss_only_path_equals_full_logits(tiny_backbones, tiny_processor, photos, num_items_in_batch):
+    model = MODAForConditionalGeneration.from_backbones(*tiny_backbones)  # eval mode: no dropout in either path
     batch = tiny_processor(images=photos, text=FASHION_TEXTS[:4], return_labels=True)  # padded: captions differ
-    head_rows = []
-    handle = model.get_output_embeddings().register_forward_hook(
-        lambda module, args, output: head_rows.append(args[0].shape[:-1].numel())
-    )
+    decoder_lengths, head_rows = [], []
+    hooks = [
+        model.get_decoder().layers[0].register_forward_hook(
+            lambda module, args, output: decoder_lengths.append(args[0].shape[1])
+        ),
+        model.get_output_embeddings().register_forward_hook(
+            lambda module, args, output: head_rows.append(args[0].shape[:-1].numel())
+        ),
+    ]
 
-    def loss_and_gradients(**options) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        torch.manual_seed(0)  # the same dropout masks for both paths
-        output = model(**batch, num_items_in_batch=num_items_in_batch, **options)
+    def loss_and_gradients(skip_logits: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        output = model(**batch, num_items_in_batch=num_items_in_batch, skip_logits=skip_logits)
         output.loss.backward()
         gradients = [p.grad.clone() for p in model.parameters() if p.grad is not None]
         model.zero_grad(set_to_none=True)
         return output, gradients
 
     try:
-        labelled, labelled_gradients = loss_and_gradients()  # training with labels: the default
+        loss_only, loss_only_gradients = loss_and_gradients(skip_logits=True)
         full, full_gradients = loss_and_gradients(skip_logits=False)
     finally:
-        handle.remove()
-    assert labelled.logits is None and full.logits is not None
+        for hook in hooks:
+            hook.remove()
+    assert loss_only.logits is None and full.logits is not None
+    rows, length = batch["input_ids"].shape
     targets = int((batch["labels"][:, 1:] != -100).sum())
-    assert head_rows == [targets, batch["input_ids"].numel()] and targets < batch["input_ids"].numel() - 4
-    torch.testing.assert_close(labelled.loss, full.loss)
-    assert len(labelled_gradients) == len(full_gradients) > 0
-    for labelled_gradient, full_gradient in zip(labelled_gradients, full_gradients):
-        torch.testing.assert_close(labelled_gradient, full_gradient)
+    assert decoder_lengths == [length - 1, length]
+    assert head_rows == [targets, rows * length] and targets < rows * (length - 3)
+    torch.testing.assert_close(loss_only.loss, full.loss)
+    assert len(loss_only_gradients) == len(full_gradients) > 0
+    for loss_only_gradient, full_gradient in zip(loss_only_gradients, full_gradients):
+        torch.testing.assert_close(loss_only_gradient, full_gradient)
+
+
+def test_training_with_labels_computes_only_the_loss(tiny_model, tiny_processor, photos):
+    batch = tiny_processor(images=photos[:2], text=FASHION_TEXTS[:2], return_labels=True)
+    try:
+        tiny_model.train()
+        with torch.no_grad():
+            assert tiny_model(**batch).logits is None
+            assert tiny_model(**batch, skip_logits=False).logits is not None
+            assert tiny_model(**{k: v for k, v in batch.items() if k != "labels"}).logits is not None
+    finally:
+        tiny_model.eval()
     with pytest.raises(ValueError, match="needs labels"):
-        model(**tiny_processor(images=photos[:1]), skip_logits=True)
+        tiny_model(**tiny_processor(images=photos[:1]), skip_logits=True)
 
 
 def test_from_backbones_keeps_pretrained_weights(tiny_backbones, tiny_model):
