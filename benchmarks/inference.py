@@ -129,18 +129,20 @@ def measure_variant(spec: dict) -> dict:
 
 
 def print_decoding_floor(args) -> float:
-    """The bandwidth floor under batch-1 decoding: int8 decoder + shortlisted head bytes per token, read each token."""
+    """The bandwidth floor under batch-1 decoding: int8 decoder + fp32 shortlisted head bytes, read each pass."""
     if args.threads:
         torch.set_num_threads(args.threads)
     text = MODAConfig().text_config
     layer_bytes = 4 * text.hidden_size**2 + 2 * text.hidden_size * text.ffn_dim
-    decoder_bytes = text.num_hidden_layers * layer_bytes + args.shortlist_tokens * text.hidden_size
+    decoder_bytes = text.num_hidden_layers * layer_bytes
+    head_bytes = 4 * args.shortlist_tokens * text.hidden_size  # the shortlisted head stays fp32
     bandwidth = roofline.int8_streaming_gb_per_s()
-    floor = args.new_tokens * decoder_bytes / bandwidth / 1e9
+    floor = args.new_tokens * (decoder_bytes + head_bytes) / bandwidth / 1e9
     print(
         f"floor: int8 weights stream at {bandwidth:.1f} GB/s here (batch 1, torch's int8 kernel); "
-        f"{decoder_bytes / 1e6:.0f} MB per pass x {args.new_tokens} tokens = {floor:.3f} s of decoding at one token "
-        "per pass (drafts divide it by their tokens per pass), before the vision tower or any other work"
+        f"{decoder_bytes / 1e6:.0f} MB of int8 decoder + {head_bytes / 1e6:.0f} MB of fp32 head per pass x "
+        f"{args.new_tokens} tokens = {floor:.3f} s of decoding at one token per pass (drafts divide it by their "
+        "tokens per pass), before the vision tower or any other work"
     )
     return round(bandwidth, 2)
 

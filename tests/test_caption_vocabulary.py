@@ -82,12 +82,13 @@ def test_shortlist_rejects_ids_outside_the_vocabulary(tiny_model):
         restrict_vocabulary(copy.deepcopy(tiny_model), [tiny_model.config.text_config.vocab_size + 5])
 
 
-def test_int8_with_shortlist_quantizes_the_shortlist(tiny_model, photo_batch, fp32_tokens):
+def test_int8_with_shortlist_keeps_the_shortlist_fp32(tiny_model, photo_batch, fp32_tokens):
     written = sorted(set(fp32_tokens.flatten().tolist()))
     fast = optimize_for_cpu(copy.deepcopy(tiny_model), "int8", vocabulary=written)
     head = fast.language_model.get_output_embeddings()
     assert isinstance(head, ShortlistHead)
-    assert "quantized" in type(head.shortlist).__module__
+    assert type(head.shortlist) is torch.nn.Linear and head.shortlist.weight.dtype == torch.float32
+    assert "quantized" in type(fast.get_decoder().layers[0].fc1).__module__
     with torch.inference_mode():
         tokens = greedy_generate(fast, **photo_batch, max_new_tokens=NEW_TOKENS)
     assert set(tokens[:, photo_batch["input_ids"].shape[1] :].flatten().tolist()) <= set(written) | {

@@ -3,7 +3,7 @@
 Agreement is measured on the sharpened tiny model over 24 photos. Its logits are nearly tied (median top-1/top-2
 margin about 0.4 against int8 logit errors up to about 1.5), so whole descriptions diverge after the first
 near-tie. conftest seeds the tiny weights, so the rates are the same every run: on this project's 2-core AVX2 CPU
-int8 gives 71% identical 8-token descriptions and 91% identical next tokens under teacher forcing, bf16 83% and
+int8 gives 75% identical 8-token descriptions and 91% identical next tokens under teacher forcing, bf16 83% and
 98%. The thresholds sit below those; they catch a broken path. The >= 95% goal is measured on the trained demo
 model instead (benchmarks/agreement.py).
 """
@@ -61,6 +61,8 @@ def test_int8_unties_and_quantizes_only_the_head(tiny_model):
     assert isinstance(embedding, torch.nn.Embedding)
     torch.testing.assert_close(embedding.weight, tiny_model.get_input_embeddings().weight, rtol=0, atol=0)
     assert isinstance(model.language_model.lm_head, torch.ao.nn.quantized.dynamic.Linear)
+    for layer in (model.language_model.lm_head, model.get_decoder().layers[0].fc1):  # one scale per output row
+        assert layer.weight().qscheme() == torch.per_channel_affine
     assert model.config.text_config.tie_word_embeddings is False
     assert model.language_model.config.tie_word_embeddings is False
     assert type(model.projector.linear_1) is torch.nn.Linear  # runs once per image: stays fp32
