@@ -281,6 +281,9 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         if skip_logits:
             if labels is None:
                 raise ValueError("skip_logits=True computes only the loss, so it needs labels")
+            if not supports_labelled_head(self.config.text_config):
+                model_type = self.config.text_config.model_type
+                raise ValueError(f"skip_logits=True needs an OPT language model, not {model_type}")
             # the last position predicts no label and no earlier one attends to it: the decoder leaves it out
             if attention_mask is not None:
                 attention_mask = attention_mask[:, :-1]

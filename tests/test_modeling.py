@@ -1,5 +1,7 @@
 """MODAForConditionalGeneration: forward, loss masking, image-embedding path, generation, backbones, training."""
 
+import copy
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -172,6 +174,12 @@ def test_training_with_labels_computes_only_the_loss(tiny_model, tiny_processor,
         tiny_model.eval()
     with pytest.raises(ValueError, match="needs labels"):
         tiny_model(**tiny_processor(images=photos[:1]), skip_logits=True)
+    not_opt = copy.deepcopy(tiny_model)
+    not_opt.config.text_config.model_type = "gemma2"  # its logits are soft-capped: the head alone is not them
+    with pytest.raises(ValueError, match="needs an OPT language model"):
+        not_opt(**batch, skip_logits=True)
+    not_opt.train()
+    assert not_opt(**batch).logits is not None  # the default falls back to the full logits
 
 
 def test_from_backbones_keeps_pretrained_weights(tiny_backbones, tiny_model):
