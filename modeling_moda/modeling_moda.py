@@ -82,30 +82,6 @@ def supports_labelled_head(text_config: PreTrainedConfig) -> bool:
     return text_config.model_type == "opt"
 
 
-def labelled_positions_loss(
-    head: nn.Module,
-    hidden_states: torch.Tensor,
-    labels: torch.Tensor,
-    num_items_in_batch: torch.Tensor | int | None = None,
-) -> torch.Tensor:
-    """transformers' causal-LM loss, with the LM head run only where a position has a next-token label.
-
-    `hidden_states` cover every position but the last (which has no next token). The head's three
-    vocabulary-wide products are the largest of a training step; image, BOS and pad positions carry no label, so
-    they are skipped rather than computed and ignored. Like transformers' loss, the sum is divided by
-    `num_items_in_batch` when the Trainer passes it (gradient accumulation), else averaged.
-    """
-    next_labels = labels[:, 1:]
-    labelled = next_labels != -100
-    logits = head(hidden_states[labelled]).float()
-    loss = nn.functional.cross_entropy(logits, next_labels[labelled], reduction="sum")
-    if num_items_in_batch is None:
-        return loss / labelled.sum()
-    if torch.is_tensor(num_items_in_batch):
-        num_items_in_batch = num_items_in_batch.to(loss.device)
-    return loss / num_items_in_batch
-
-
 class MODAPreTrainedModel(PreTrainedModel):
     config: MODAConfig
     config_class = MODAConfig
@@ -288,8 +264,17 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
             if attention_mask is not None:
                 attention_mask = attention_mask[:, :-1]
             outputs = self.get_decoder()(inputs_embeds=inputs_embeds[:, :-1], attention_mask=attention_mask, **kwargs)
-            head = self.get_output_embeddings()
-            loss = labelled_positions_loss(head, outputs.last_hidden_state, labels, num_items_in_batch)
+            # the LM head's vocabulary-wide products, the largest of a step, only where a next token is labelled:
+            # image, BOS and pad positions are skipped rather than computed and ignored
+            next_labels = labels[:, 1:]
+            labelled = next_labels != -100
+            loss = self.loss_function(
+                logits=self.get_output_embeddings()(outputs.last_hidden_state[labelled]),
+                labels=None,
+                shift_labels=next_labels[labelled],
+                vocab_size=self.config.text_config.vocab_size,
+                num_items_in_batch=num_items_in_batch,
+            )
             logits = None
         else:
             outputs = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
