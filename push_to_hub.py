@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import textwrap
 from dataclasses import dataclass, field
@@ -27,10 +24,11 @@ from typing import Protocol, Sequence
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, SpaceCard
 from transformers.utils import logging
 
+from moda.clean_process import check_loads_in_clean_process
 from modeling_moda import MODAForConditionalGeneration
+from modeling_moda.caption_drafts import DRAFTS_FILE
+from modeling_moda.caption_vocabulary import VOCABULARY_FILE
 from processing import MODAProcessor
-from processing.caption_drafts import DRAFTS_FILE
-from processing.caption_vocabulary import VOCABULARY_FILE
 
 logger = logging.get_logger("moda.push_to_hub")
 
@@ -39,8 +37,6 @@ SPACE_SOURCE = REPO_ROOT / "space"
 SPACE_FILES = ("app.py", "requirements.txt", "README.md")
 # The seed's backbones, named in the card when the checkpoint's config does not name Hub backbones itself.
 SEED_BASE_MODELS = {"vision": "patrickjohncyh/fashion-clip", "text": "facebook/opt-125m"}
-# Top-level names of this repository: the clean loader refuses to import them.
-PROJECT_MODULES = ("modeling_moda", "processing", "metrics", "describe", "train_hf", "push_to_hub")
 # Trainer bookkeeping that is not a score of the model.
 NOT_SCORES = ("runtime", "samples_per_second", "steps_per_second", "epoch", "step", "total_flos")
 SCORE_SECTIONS = ("test", "validation", "eval", "results")
@@ -48,57 +44,6 @@ BATCH_KEY = re.compile(r"images_per_s_batch(\d+)$")
 # What `benchmarks/inference.py --json` writes, used for the card's CPU latency table unless --benchmark says.
 DEFAULT_BENCHMARKS = REPO_ROOT / "benchmarks" / "results"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-# Runs first in the clean process: the repository is neither on sys.path nor importable by any finder (an
-# editable install included), so only the staged folder's own code can make the model load.
-BLOCK_PROJECT = """
-import importlib.abc, os, sys
-REPO = os.path.realpath({repo!r})
-sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != REPO]
-
-class BlockProject(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in {blocked}:
-            raise ModuleNotFoundError(f"{{name}} is blocked: a published MODA must not need the repository", name=name)
-        return None
-
-sys.meta_path.insert(0, BlockProject())
-""".format(repo=str(REPO_ROOT), blocked=PROJECT_MODULES)
-
-LOAD_AND_GENERATE = """
-import json
-from PIL import Image
-from transformers import AutoModel, AutoProcessor
-model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
-processor = AutoProcessor.from_pretrained(sys.argv[1], trust_remote_code=True)
-inputs = processor(images=Image.new("RGB", (64, 48), (150, 40, 60)), return_tensors="pt")
-ids = model.generate(**inputs, max_new_tokens=8, do_sample=False)
-print(json.dumps(processor.batch_decode(ids)[0]))
-"""
-
-
-def clean_command(code: str, *args: str | Path) -> list[str]:
-    """The command that runs `code` (with `args` in sys.argv[1:]) in an isolated interpreter (`-I`: no
-    PYTHONPATH, no script folder on sys.path) that cannot import this repository."""
-    return [sys.executable, "-I", "-c", BLOCK_PROJECT + code, *map(str, args)]
-
-
-def check_loads_in_clean_process(folder: str | Path, timeout: float = 300) -> str:
-    """Loads `folder` with AutoModel/AutoProcessor (trust_remote_code) in a fresh interpreter that cannot import
-    this repository, generates once, and returns the text; raises RuntimeError with the child's stderr otherwise.
-
-    The child runs in an empty folder, offline, with its own remote-code module cache, so nothing but the
-    folder's files can satisfy the load.
-    """
-    folder = Path(folder).resolve()
-    with tempfile.TemporaryDirectory(prefix="moda-clean-") as scratch:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(Path(scratch) / "modules")}
-        command = clean_command(LOAD_AND_GENERATE, folder)
-        result = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0:
-        raise RuntimeError(f"{folder} does not load in a clean process:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
 
 def find_run_file(checkpoint: Path, name: str) -> Path | None:
     """`name` in the checkpoint folder or its parent (Trainer writes run files next to checkpoint-N/)."""

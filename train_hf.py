@@ -32,18 +32,25 @@ from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
 import modeling_moda  # noqa: F401  (registers the "moda" Auto classes)
+from moda.cpu_memory import reuse_freed_memory
+from moda.lora import DEFAULT_TARGET_MODULES, lora_config
 from modeling_moda import MODAForConditionalGeneration
-from modeling_moda.cpu_memory import reuse_freed_memory
+from modeling_moda.caption_drafts import build_caption_drafter, save_caption_drafter
+from modeling_moda.caption_vocabulary import build_caption_vocabulary, save_caption_vocabulary
 from modeling_moda.fast_inference import cpu_has_native_bf16
 from processing import MODAProcessor
-from processing.caption_drafts import build_caption_drafter, save_caption_drafter
-from processing.caption_vocabulary import build_caption_vocabulary, save_caption_vocabulary
-from processing.data import MODACollator, cell_text, drop_unusable, load_fashion_dataset, open_image, split_dataset
+from processing.data import (
+    METADATA_COLUMNS,
+    MODACollator,
+    cell_text,
+    drop_unusable,
+    load_fashion_dataset,
+    open_image,
+    split_dataset,
+)
 from processing.feature_cache import add_image_embeds, cached_embeds
 
 logger = logging.get_logger("moda.train")
-
-METADATA_COLUMNS = ("Colour", "ProductType", "Gender", "Usage")
 
 
 @dataclass
@@ -60,7 +67,7 @@ class ModelArguments:
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
     lora_target_modules: str = field(
-        default="q_proj,k_proj,v_proj,out_proj", metadata={"help": "comma-separated LM module names for LoRA"}
+        default=",".join(DEFAULT_TARGET_MODULES), metadata={"help": "comma-separated LM module names for LoRA"}
     )
     merge_lora: bool = field(default=False, metadata={"help": "save the LoRA-merged full model, not the adapter"})
 
@@ -189,9 +196,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
 def prepare_demo(data_args: DataArguments, model_args: ModelArguments, output_dir: Path) -> None:
     """Draws the bundled catalogue and saves tiny backbones: a BPE tokenizer trained on its captions, a random OPT,
     and a CLIP vision tower pretrained on a separate synthetic catalogue (the stand-in for FashionCLIP)."""
-    from processing.catalog import make_catalog
-    from processing.demo_backbones import TinySizes, save_tiny_backbones
-    from processing.demo_vision_pretraining import REPORT_NAME, pretrain_vision_tower
+    from moda.demo.backbones import TinySizes, save_tiny_backbones
+    from moda.demo.catalog import make_catalog
+    from moda.demo.vision_pretraining import REPORT_NAME, pretrain_vision_tower
 
     catalogue = output_dir / "catalog"
     if not (catalogue / "fashion.csv").is_file():
@@ -222,15 +229,10 @@ def build_model(model_args: ModelArguments) -> tuple[MODAForConditionalGeneratio
 
 def add_lora(model: MODAForConditionalGeneration, model_args: ModelArguments):
     """LoRA on the LM's attention projections; the projector is trained in full (saved with the adapter)."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    names = "|".join(name.strip() for name in model_args.lora_target_modules.split(","))
-    config = LoraConfig(
-        r=model_args.lora_r,
-        lora_alpha=model_args.lora_alpha,
-        lora_dropout=model_args.lora_dropout,
-        target_modules=rf".*language_model\..*\.({names})",
-        modules_to_save=["projector"],
+    config = lora_config(
+        model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules.split(",")
     )
     return get_peft_model(model, config)
 
@@ -272,7 +274,7 @@ def generate_descriptions(model, processor, dataset: datasets.Dataset, data_args
 
 def score_descriptions(predictions: list[str], dataset: datasets.Dataset) -> dict[str, float]:
     """BLEU, ROUGE-L and, when the catalogue columns exist, fashion-attribute consistency."""
-    from metrics import load_metric
+    from moda.metrics import load_metric
 
     references = dataset["description"]
     scores = {
@@ -328,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict:
     output_dir = Path(training_args.output_dir)
     set_seed(training_args.seed)
     if training_args.device.type == "cpu" and reuse_freed_memory():
-        logger.info("CPU training: freed memory is kept for reuse (modeling_moda/cpu_memory.py)")
+        logger.info("CPU training: freed memory is kept for reuse (moda/cpu_memory.py)")
     if data_args.demo:
         if "OMP_NUM_THREADS" not in os.environ:
             # The demo's matrices are tiny: extra intra-op threads only add synchronisation, and on a busy
@@ -376,8 +378,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     model = save_final(trainer, model, processor, model_args, output_dir)
     if trainer.is_world_process_zero():
-        # what `moda describe --fast int8` lets the LM head score (processing/caption_vocabulary.py) and the
-        # guesses it checks several at a time (processing/caption_drafts.py)
+        # what `moda describe --fast int8` lets the LM head score (modeling_moda/caption_vocabulary.py) and the
+        # guesses it checks several at a time (modeling_moda/caption_drafts.py)
         captions = splits["train"]["description"]
         save_caption_vocabulary(build_caption_vocabulary(processor.tokenizer, captions), output_dir)
         save_caption_drafter(build_caption_drafter(processor.tokenizer, captions), output_dir)

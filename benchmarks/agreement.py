@@ -20,20 +20,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/...` from a fresh clone
 
-from describe import describe_images, find_images, load_model  # noqa: E402
+from moda.describe import describe_images, find_images, load_model  # noqa: E402
 from processing import load_rgb_image  # noqa: E402
-from processing.caption_drafts import load_caption_drafter  # noqa: E402
 from simulated_drafter import counting_passes  # noqa: E402
 
-# mode -> (load_model options, describe_images' lean loop, caption drafts); "int8-drafts" is what `moda describe`
-# runs by default (drafts apply to single images, so its batched column is int8's).
+# mode -> (load_model options, describe_images through generate_fast); "int8-drafts" is what `moda describe` runs
+# by default (drafts apply to single images, so its batched column is int8's).
+NO_DRAFTS = {"drafts": False}
 MODES = {
-    "int8": ({"fast": "int8"}, True, False),
-    "int8-drafts": ({"fast": "int8"}, True, True),
-    "int8-generate": ({"fast": "int8"}, False, False),
-    "int8-full-vocabulary": ({"fast": "int8", "full_vocabulary": True}, True, False),
-    "int8-vision": ({"fast": "int8", "quantize_vision": True}, True, False),
-    "bf16": ({"fast": "bf16"}, True, False),
+    "int8": ({"fast": "int8", **NO_DRAFTS}, True),
+    "int8-drafts": ({"fast": "int8"}, True),
+    "int8-generate": ({"fast": "int8", **NO_DRAFTS}, False),
+    "int8-full-vocabulary": ({"fast": "int8", "full_vocabulary": True, **NO_DRAFTS}, True),
+    "int8-vision": ({"fast": "int8", "quantize_vision": True, **NO_DRAFTS}, True),
+    "bf16": ({"fast": "bf16", **NO_DRAFTS}, True),
 }
 
 
@@ -83,16 +83,16 @@ def main(argv: list[str] | None = None) -> dict:
     results = {"model": args.model, "images": len(images), "modes": {}}
     print(f"| mode | same as fp32, batch {args.batch_size} | same as fp32, batch 1 |\n|---|---|---|")
     for mode in args.modes:
-        options, lean, drafts = MODES[mode]
+        options, fast = MODES[mode]
         model, _ = load_model(args.model, **options)
         drafter = None
-        if drafts:
-            if (saved := load_caption_drafter(args.model)) is None:
+        if options.get("drafts", True):
+            if model.caption_drafter is None:
                 raise SystemExit(f"{args.model} has no caption_drafts.json (train_hf.py writes it)")
-            drafter = CountingDrafter(saved)
-        batched = describe_images(model, processor, images, args.batch_size, lean, drafter, do_sample=False)
+            drafter = model.caption_drafter = CountingDrafter(model.caption_drafter)
+        batched = describe_images(model, processor, images, args.batch_size, fast, do_sample=False)
         with counting_passes(model) as passes:
-            single = describe_images(model, processor, images, 1, lean, drafter, do_sample=False)
+            single = describe_images(model, processor, images, 1, fast, do_sample=False)
         rates = [sum(a == b for a, b in zip(reference, texts)) / len(images) for texts in (batched, single)]
         differing = [
             {"batch": size, "fp32": a, mode: b}

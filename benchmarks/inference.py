@@ -31,7 +31,8 @@ from PIL import Image
 from simulated_drafter import SimulatedDrafter, counting_passes, make_decisive
 from transformers import CLIPImageProcessorPil
 
-from modeling_moda import MODAConfig, MODAForConditionalGeneration, optimize_for_cpu
+from modeling_moda import MODAConfig, MODAForConditionalGeneration
+from modeling_moda.fast_inference import apply_cpu_fast_path
 from modeling_moda.greedy_decoding import greedy_generate
 
 INT8 = {"dtype": "float32", "fast": "int8"}
@@ -50,7 +51,7 @@ VARIANTS = {
     "bf16": {"label": "MODA bf16 weights", "dtype": "bfloat16", "bf16": True},
 }
 GPU_VARIANTS = ["baseline", "bf16"]  # int8 dynamic quantization is a CPU kernel
-# A trained MODA's caption vocabulary (processing/caption_vocabulary.py) has a few thousand tokens; random
+# A trained MODA's caption vocabulary (modeling_moda/caption_vocabulary.py) has a few thousand tokens; random
 # weights have none, so the shortlist variant keeps this many random token ids (speed grows with the count).
 SHORTLIST_TOKENS = 8192
 AGREEMENT_RESULTS = measure.REPO_ROOT / "benchmarks" / "results" / "agreement_demo.json"
@@ -81,7 +82,7 @@ def measure_variant(spec: dict) -> dict:
             vocabulary = torch.randperm(model.config.text_config.vocab_size)[: spec["shortlist_tokens"]].tolist()
         if spec.get("drafts"):
             model = make_decisive(model, vocabulary[0])
-        model = optimize_for_cpu(model, spec["fast"], spec.get("quantize_vision", False), vocabulary)
+        model = apply_cpu_fast_path(model, spec["fast"], spec.get("quantize_vision", False), vocabulary)
     model.generation_config.eos_token_id = None  # fixed length, without a per-step min-length processor
     image_processor = CLIPImageProcessorPil()
     prompt = [model.config.image_token_id, model.config.text_config.bos_token_id]

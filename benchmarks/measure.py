@@ -27,7 +27,7 @@ import transformers  # noqa: E402
 from transformers.utils import logging  # noqa: E402
 
 from modeling_moda import MODAConfig, MODAForConditionalGeneration  # noqa: E402
-from modeling_moda.cpu_memory import reuse_freed_memory  # noqa: E402
+from moda.cpu_memory import reuse_freed_memory  # noqa: E402
 from modeling_moda.fast_inference import cpu_has_native_bf16  # noqa: E402
 
 
@@ -106,7 +106,7 @@ def save_random_checkpoint(directory: Path, seed: int) -> Path:
 
 
 def setup_worker(device: str, threads: int | None, seed: int, reuse_memory: bool = False) -> None:
-    """Quiet logs, threads, seed; `reuse_memory`: glibc keeps freed memory (modeling_moda/cpu_memory.py), on CPU."""
+    """Quiet logs, threads, seed; `reuse_memory`: glibc keeps freed memory (moda/cpu_memory.py), on CPU."""
     if reuse_memory and device == "cpu":
         reuse_freed_memory()
     logging.set_verbosity_error()

@@ -10,7 +10,7 @@ full). One step = forward and backward on `--accumulation-steps` batches of `--b
 tokens, then the optimizer step (the original recipe: batch 32, 8 accumulation steps).
 MODA's settings: the frozen-feature cache (`image_embeds` computed once per dataset, so CLIP leaves the step),
 fused AdamW (`torch.optim.AdamW(fused=True)`, Trainer's `optim="adamw_torch_fused"`), freed memory kept for reuse
-(`modeling_moda/cpu_memory.py`, CPU only), the LM head run only at positions with a label (`forward(skip_logits=)`,
+(`moda/cpu_memory.py`, CPU only), the LM head run only at positions with a label (`forward(skip_logits=)`,
 the default while training), bf16 autocast and `torch.compile` (its compile time falls in the untimed warm-up
 step). Each variant runs in its own process from the same saved weights; "loss check" is the untrained model's
 loss on the batch with dropout off, through the variant's own forward: a check that every variant computes the
@@ -24,9 +24,10 @@ import argparse
 import measure
 import roofline
 import torch
+from peft import get_peft_model
 
+from moda.lora import lora_config
 from modeling_moda import MODAConfig, MODAForConditionalGeneration
-from train_hf import ModelArguments, add_lora
 
 VARIANTS = {
     "baseline": {"label": "transformers fp32, pixel_values, AdamW (baseline)", "images": "pixel_values"},
@@ -86,7 +87,7 @@ def measure_variant(spec: dict) -> dict:
     device = spec["device"]
     model = MODAForConditionalGeneration.from_pretrained(spec["checkpoint"]).to(device)
     if spec.get("lora"):
-        model = add_lora(model, ModelArguments())  # train_hf.py's defaults: attention LoRA, projector in full
+        model = get_peft_model(model, lora_config())  # train_hf.py's defaults: attention LoRA, projector in full
     batch = training_batch(model.config, spec["batch_size"], spec["seq_len"], device)
     if spec["images"] == "image_embeds":  # the feature cache: computed once per image, outside the step
         with torch.no_grad():

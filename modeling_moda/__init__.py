@@ -3,7 +3,6 @@
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
 
 from .configuration_moda import MODAConfig
-from .fast_inference import optimize_for_cpu
 from .modeling_moda import MODAForConditionalGeneration, MODAPreTrainedModel, MODAProjector
 
 AutoConfig.register("moda", MODAConfig, exist_ok=True)
@@ -13,4 +12,4 @@ AutoModelForImageTextToText.register(MODAConfig, MODAForConditionalGeneration, e
 MODAConfig.register_for_auto_class()
 MODAForConditionalGeneration.register_for_auto_class("AutoModel")
 
-__all__ = ["MODAConfig", "MODAForConditionalGeneration", "MODAPreTrainedModel", "MODAProjector", "optimize_for_cpu"]
+__all__ = ["MODAConfig", "MODAForConditionalGeneration", "MODAPreTrainedModel", "MODAProjector"]

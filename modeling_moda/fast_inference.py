@@ -1,9 +1,11 @@
 """Faster MODA inference on CPU, applied to a loaded model: int8 dynamic quantization or bf16 weights, and an LM
 head shortlisted to the tokens the model was trained to write.
 
-    model = AutoModel.from_pretrained("path/to/moda", trust_remote_code=True)
-    model = optimize_for_cpu(model, mode="int8", vocabulary=load_caption_vocabulary("path/to/moda"))
-    # then model.generate(...) as usual, or modeling_moda.greedy_decoding.greedy_generate for less time per token
+    model = AutoModel.from_pretrained("path/to/moda", trust_remote_code=True).optimize_for_cpu("int8")
+    ids = model.generate_fast(**inputs)   # or model.generate(...) as usual
+
+`MODAForConditionalGeneration.optimize_for_cpu` is the documented entry point: it reads the checkpoint's caption
+vocabulary and drafts and calls `apply_cpu_fast_path` here.
 
 Why int8: decoding one description at batch 1 is memory-bound; every new token reads all of OPT-125M's weights
 (500 MB in fp32, 125 MB in int8), and the tied 50272x768 LM head alone is a third of them. `quantize_dynamic`
@@ -12,10 +14,10 @@ on the fly. A shortlisted head (below) stays fp32: it is small, and it is where 
 The vision tower runs once per image and stays in fp32 unless `quantize_vision=True`; the projector (two
 layers, once per image) always stays fp32. bf16 halves the weights instead; it pays only on CPUs with native
 bf16 (AVX512-BF16 or AMX), which `cpu_has_native_bf16` reports. A `vocabulary` (the training captions' token
-ids, `processing.caption_vocabulary`) shrinks the head from 50272 rows to those tokens (`restrict_vocabulary`).
+ids, `caption_vocabulary.py`) shrinks the head from 50272 rows to those tokens (`restrict_vocabulary`).
 
 int8 quantizes activations with one scale per tensor, so a description can depend on the other images in its
-batch, and greedy text can differ from fp32 after a near-tied token; mode="fp32" keeps outputs exact.
+batch, and greedy text can differ from fp32 after a near-tied token; mode="none" keeps outputs exact.
 The result is for inference only: quantized layers cannot be trained or saved with `save_pretrained`.
 `modeling_moda.py` imports this module, so `save_pretrained` copies it into checkpoints and Hub repos.
 """
@@ -31,7 +33,7 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-MODES = ("int8", "bf16", "fp32")
+MODES = ("int8", "bf16", "none")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -119,7 +121,7 @@ def quantize_linear_int8(module: nn.Module) -> nn.Module:
         return torch.ao.quantization.quantize_dynamic(module, per_row, dtype=torch.qint8, inplace=True)
 
 
-def optimize_for_cpu(
+def apply_cpu_fast_path(
     model: nn.Module, mode: str = "int8", quantize_vision: bool = False, vocabulary: Sequence[int] | None = None
 ) -> nn.Module:
     """Returns `model` (changed in place, eval mode, no grads) set up for fast CPU inference.
@@ -127,8 +129,8 @@ def optimize_for_cpu(
     Args:
         model: a `MODAForConditionalGeneration` in fp32, e.g. from `from_pretrained`.
         mode: `"int8"` (decoder and LM head int8, a shortlisted head fp32; the fastest on CPUs without native
-            bf16), `"bf16"` (all weights bf16; same as `from_pretrained(..., dtype=torch.bfloat16)`), or `"fp32"`
-            (unchanged).
+            bf16), `"bf16"` (all weights bf16; same as `from_pretrained(..., dtype=torch.bfloat16)`), or `"none"`
+            (unchanged fp32).
         quantize_vision: also quantize the vision tower's linear layers (int8 mode only); faster for large
             batches, at some cost to the image embedding's precision.
         vocabulary: token ids the model may write (its training captions' tokens); the LM head then scores only
@@ -139,9 +141,9 @@ def optimize_for_cpu(
     if quantize_vision and mode != "int8":
         raise ValueError("quantize_vision applies to mode='int8' only")
     if model.device.type != "cpu":
-        raise ValueError(f"optimize_for_cpu needs a model on the CPU, got {model.device}")
-    if model.dtype != torch.float32 and mode != "fp32":
-        raise ValueError(f"optimize_for_cpu starts from float32 weights, got {model.dtype}")
+        raise ValueError(f"the CPU fast path needs a model on the CPU, got {model.device}")
+    if model.dtype != torch.float32 and mode != "none":
+        raise ValueError(f"the CPU fast path starts from float32 weights, got {model.dtype}")
     model.eval().requires_grad_(False)
     if vocabulary is not None:
         restrict_vocabulary(model, vocabulary)
@@ -160,4 +162,4 @@ def optimize_for_cpu(
     return model
 
 
-__all__ = ["MODES", "ShortlistHead", "cpu_has_native_bf16", "optimize_for_cpu", "restrict_vocabulary", "untie_lm_head"]
+__all__ = ["MODES", "ShortlistHead", "apply_cpu_fast_path", "cpu_has_native_bf16", "restrict_vocabulary", "untie_lm_head"]

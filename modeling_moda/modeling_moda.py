@@ -7,9 +7,10 @@
       -> language_model (OPT-125M)                           -> logits (B, T, 50272)
 
 This file is copied next to ``model.safetensors`` by ``save_pretrained``, with the files it imports relatively
-(``configuration_moda.py``, and the CPU fast path: ``fast_inference.py``, ``greedy_decoding.py``); they import only
-transformers and torch, so a saved folder loads with ``trust_remote_code=True`` and no install, and remote-code
-users such as the Space find ``optimize_for_cpu`` and ``generate_fast`` in this module.
+(``configuration_moda.py``, and the CPU fast path: ``fast_inference.py``, ``greedy_decoding.py``,
+``caption_vocabulary.py``, ``caption_drafts.py``); they import only transformers and torch, so a saved folder
+loads with ``trust_remote_code=True`` and no install, and its fast path is the model's own methods
+(``optimize_for_cpu``, ``generate_fast``).
 """
 
 from __future__ import annotations
@@ -32,13 +33,15 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import logging
 
+from .caption_drafts import CaptionDrafter, load_caption_drafter
+from .caption_vocabulary import load_caption_vocabulary
 from .configuration_moda import MODAConfig
-from .fast_inference import optimize_for_cpu
+from .fast_inference import apply_cpu_fast_path
 from .greedy_decoding import generate_fast
 
 logger = logging.get_logger(__name__)
 
-IMAGE_TOKEN = "<image>"
+IMAGE_TOKEN = "<image>"  # also in processing_moda.py: each Hub code file must stand alone
 DEFAULT_MAX_NEW_TOKENS = 32
 
 
@@ -114,6 +117,7 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         self.post_init()
         # MODA writes one sentence: this budget is the default for generate, the pipeline, the CLI and the Space
         self.generation_config.max_new_tokens = DEFAULT_MAX_NEW_TOKENS
+        self.caption_drafter: CaptionDrafter | None = None  # set by optimize_for_cpu, read by generate_fast
 
     @classmethod
     def from_backbones(
@@ -295,6 +299,34 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
         )
 
+    def optimize_for_cpu(
+        self, mode: str = "int8", quantize_vision: bool = False, full_vocabulary: bool = False, drafts: bool = True
+    ) -> MODAForConditionalGeneration:
+        """Sets this model up for fast CPU inference, in place, and returns it (inference only: no training, no
+        `save_pretrained` afterwards).
+
+        `mode="int8"` quantizes the decoder (`fast_inference.py`); its LM head then scores only the checkpoint's
+        `caption_vocabulary.json` tokens unless `full_vocabulary` or the checkpoint has none (then it is int8
+        too), and with `quantize_vision` the vision tower is int8 as well. `mode="bf16"` casts all weights to
+        bf16; `"none"` changes nothing. With `drafts`, `generate_fast` checks the checkpoint's
+        `caption_drafts.json` guesses for a single image. Both files are read from where this model was loaded
+        (`name_or_path`: a folder or a Hub repo).
+        """
+        source = self.name_or_path  # "" for a model built in memory: it has no checkpoint files
+        use_vocabulary = source and mode == "int8" and not full_vocabulary
+        apply_cpu_fast_path(self, mode, quantize_vision, load_caption_vocabulary(source) if use_vocabulary else None)
+        self.caption_drafter = load_caption_drafter(source) if source and drafts and mode != "none" else None
+        return self
+
+    def generate_fast(self, **kwargs) -> torch.LongTensor:
+        """`generate(**kwargs)`, through MODA's lean greedy loop where it applies (greedy decoding of an OPT
+        decoder with only a length set; the caption drafts of `optimize_for_cpu` for a single image): the same
+        tokens as `generate`, with less time per token. Anything else goes to `generate` unchanged."""
+        inputs = {name: kwargs.pop(name) for name in self.MODEL_INPUTS if name in kwargs}
+        return generate_fast(self, inputs, self.caption_drafter, **kwargs)
+
+    MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "image_embeds")
+
     def prepare_inputs_for_generation(self, *args, is_first_iteration: bool = False, **kwargs):
         """Image inputs are consumed by the first (prefill) step; later steps read them from the KV cache."""
         model_inputs = super().prepare_inputs_for_generation(*args, is_first_iteration=is_first_iteration, **kwargs)
@@ -304,4 +336,4 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         return model_inputs
 
 
-__all__ = ["MODAForConditionalGeneration", "MODAPreTrainedModel", "MODAProjector", "generate_fast", "optimize_for_cpu"]
+__all__ = ["MODAForConditionalGeneration", "MODAPreTrainedModel", "MODAProjector"]

@@ -8,7 +8,7 @@ Sources (`load_fashion_dataset`):
   the caption comes from a ``description`` column or is built from the catalogue columns);
 - a CSV / JSONL file of image paths + descriptions (paths relative to the file);
 - an ``imagefolder`` with ``metadata.csv`` / ``metadata.jsonl``;
-- a `save_to_disk` folder (e.g. `processing.distill`'s output);
+- a `save_to_disk` folder (e.g. `moda.distill`'s output);
 - a Hub dataset id.
 """
 
@@ -27,7 +27,8 @@ import torch
 from PIL import Image
 from transformers.utils import logging
 
-from .catalog import gender_possessive, product_noun
+from moda.metrics.fashion_attributes.fashion_vocabulary import gender_possessive, product_noun
+
 from .processing_moda import IMAGE_SUFFIXES, MODAProcessor, load_rgb_image
 
 logger = logging.get_logger(__name__)
@@ -35,6 +36,11 @@ logger = logging.get_logger(__name__)
 IMAGE_COLUMNS = ("image", "Image", "image_path", "file_name", "path")
 TEXT_COLUMNS = ("description", "caption", "text")
 METADATA_COLUMNS = ("Colour", "ProductType", "Gender", "Usage")
+# The Kaggle fashion-images CSV: what the demo catalogue writes and distillation reads.
+KAGGLE_COLUMNS = (
+    "ProductId", "Gender", "Category", "SubCategory", "ProductType", "Colour", "Usage", "ProductTitle", "Image",
+    "ImageURL",
+)  # fmt: skip
 
 
 def load_fashion_dataset(source: str | Path, max_samples: int | None = None) -> datasets.Dataset:
@@ -75,32 +81,39 @@ def _load_table(table: Path) -> datasets.Dataset:
     image_column = next((name for name in IMAGE_COLUMNS if name in dataset.column_names), None)
     if image_column is None:
         raise ValueError(f"{table} has no image column (one of {IMAGE_COLUMNS})")
-    root = table.parent
-    by_name = _index_images(root) if _needs_index(dataset[image_column], root) else {}
     return dataset.map(
         _resolve_image_path,
-        fn_kwargs={"column": image_column, "root": str(root), "by_name": by_name},
+        fn_kwargs={"column": image_column, "find_image": ImageFinder(table.parent)},
         desc="Resolving image paths",
     )
 
 
-def _needs_index(values: list[Any], root: Path) -> bool:
-    """Kaggle's CSV holds bare file names of images nested in category folders: those need a name index."""
-    return any(value and not (root / str(value)).is_file() for value in values)
+class ImageFinder:
+    """Finds a catalogue's image: relative to the catalogue's folder, as given, then by file name anywhere below
+    the folder (Kaggle's CSV holds bare file names of images nested in category/gender folders). The index of
+    names is built once, on the first miss."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._by_name: dict[str, Path] | None = None
+
+    def __call__(self, image: str) -> Path | None:
+        for candidate in (self.root / image, Path(image), self.root / Path(image).name):
+            if candidate.is_file():
+                return candidate.resolve()
+        if self._by_name is None:
+            self._by_name = {
+                path.name: path.resolve() for path in self.root.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES
+            }
+        return self._by_name.get(Path(image).name)
 
 
-def _index_images(root: Path) -> dict[str, str]:
-    return {path.name: str(path) for path in root.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES}
-
-
-def _resolve_image_path(row: dict, column: str, root: str, by_name: dict[str, str]) -> dict:
+def _resolve_image_path(row: dict, column: str, find_image: ImageFinder) -> dict:
     value = row[column]
     if value is None or not str(value).strip():
         return {"image_file": None}
-    candidate = Path(root) / str(value)
-    if not candidate.is_file() and str(value) in by_name:
-        candidate = Path(by_name[str(value)])
-    return {"image_file": str(candidate)}
+    found = find_image(str(value))  # a missing file keeps its path, so that drop_unusable reports it
+    return {"image_file": str(found or find_image.root / str(value))}
 
 
 def _standard_columns(dataset: datasets.Dataset, source: str) -> datasets.Dataset:

@@ -3,10 +3,8 @@
 A sequence is ``[pad ...] <image> x num_image_tokens, BOS, prompt or description tokens [, EOS]``, padded on
 the left so that batched generation continues every sequence from its last real token.
 
-This file is copied next to the saved processor by ``save_pretrained``, with the files it imports relatively
-(the loaders of ``caption_vocabulary.json`` and ``caption_drafts.json``, for the CPU fast path); they import only
-transformers, tokenizers, PIL, numpy and torch, so a saved folder loads with ``trust_remote_code=True`` and no
-install, and remote-code users such as the Space find the loaders in this module.
+This file is copied next to the saved processor by ``save_pretrained``; it imports only transformers, tokenizers,
+PIL, numpy and torch, so a saved folder loads with ``trust_remote_code=True`` and no install.
 """
 
 from __future__ import annotations
@@ -21,10 +19,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tokenizers import AddedToken
 from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
 
-from .caption_drafts import load_caption_drafter
-from .caption_vocabulary import load_caption_vocabulary
-
-IMAGE_TOKEN = "<image>"
+IMAGE_TOKEN = "<image>"  # also in modeling_moda.py: each Hub code file must stand alone
 MAX_IMAGE_SIDE = 4096  # larger photos are shrunk first: the encoder sees 224 px anyway
 IGNORE_INDEX = -100
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}  # what folder searches pick up
@@ -112,6 +107,9 @@ class MODAProcessor(ProcessorMixin):
         num_image_tokens (`int`, defaults to 1): `<image>` placeholders per image; must equal the model
             config's `num_image_tokens` (1 for pooled features, 50 for CLIP B/32 patches).
     """
+
+    # The loader every MODA entry point opens photos with (`load_rgb_image`), reachable from remote code too.
+    load_image = staticmethod(load_rgb_image)
 
     def __init__(self, image_processor=None, tokenizer=None, num_image_tokens: int = 1, chat_template=None, **kwargs):
         if tokenizer is None or image_processor is None:
@@ -236,4 +234,4 @@ class MODAProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "pixel_values"]
 
 
-__all__ = ["MODAProcessor", "load_caption_drafter", "load_caption_vocabulary", "load_rgb_image"]
+__all__ = ["MODAProcessor", "load_rgb_image"]

@@ -10,7 +10,6 @@ first ``models:`` entry of this Space's README. MODA's code is loaded from the m
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,6 +19,7 @@ import torch
 from huggingface_hub import metadata_load
 from PIL import Image
 from transformers import AutoModel, AutoProcessor
+from transformers.image_utils import load_image
 from transformers.utils import logging
 
 logger = logging.get_logger("moda.space")
@@ -28,7 +28,6 @@ HERE = Path(__file__).resolve().parent
 EXAMPLES = sorted(str(path) for path in (HERE / "examples").glob("*.jpg"))
 MAX_FILE_SIZE = "10mb"  # refused at upload time, before the app reads anything
 MAX_BATCH = 16
-FAST_MODES = ("int8", "none")
 # generate() keeps the CPU cores busy: running more requests at once only makes each one slower.
 CONCURRENCY_LIMIT = 2
 UNREADABLE = "is not an image MODA can read. Upload a JPEG, PNG or WebP photo."
@@ -49,31 +48,28 @@ def model_id() -> str:
 class Describer:
     """A loaded MODA: photos in, descriptions out.
 
-    Images are opened with `load_rgb_image` from the processor's own (remote) code, the loader every MODA entry
+    Images are opened with the processor's `load_image` (`load_rgb_image`, from the checkpoint's own code), the loader every MODA entry
     point uses: any mode, EXIF rotation, transparency on white, 16-bit and huge photos handled the same way.
 
-    `fast="int8"` (the default, `MODA_FAST`) runs `moda describe`'s CPU default, from the checkpoint's own code:
-    int8 decoder, LM head limited to the caption vocabulary, and greedy requests through the lean loop, which
-    checks the caption drafts for a single photo. `fast="none"` runs fp32 `generate`, exactly.
+    `fast="int8"` (the default, `MODA_FAST`) runs `moda describe`'s CPU default through the model's own methods
+    (`optimize_for_cpu`, `generate_fast`): int8 decoder, LM head limited to the caption vocabulary, and greedy
+    requests through the lean loop, which checks the caption drafts for a single photo. `fast="none"` runs fp32
+    `generate`, exactly.
     """
 
     def __init__(self, path: str, fast: str = "int8"):
-        if fast not in FAST_MODES:
-            raise ValueError(f"MODA_FAST must be one of {FAST_MODES}, got {fast!r}")
         self.model = AutoModel.from_pretrained(path, trust_remote_code=True).eval()
         self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=True)
-        processing_code = sys.modules[type(self.processor).__module__]
-        modeling_code = sys.modules[type(self.model).__module__]
-        self.load_rgb_image: Callable[..., Image.Image] = processing_code.load_rgb_image
-        self.generate_fast: Callable[..., torch.LongTensor] | None = None
-        self.drafter = None
-        if fast == "int8" and not hasattr(modeling_code, "generate_fast"):
-            logger.warning("this checkpoint's code predates MODA's CPU fast path: fp32 generate")
-        elif fast == "int8":
-            vocabulary = processing_code.load_caption_vocabulary(path)
-            self.model = modeling_code.optimize_for_cpu(self.model, "int8", vocabulary=vocabulary)
-            self.generate_fast = modeling_code.generate_fast
-            self.drafter = processing_code.load_caption_drafter(path)
+        # older checkpoints' processors predate `load_image`: transformers' loader is the fallback
+        self.load_rgb_image: Callable[..., Image.Image] = getattr(self.processor, "load_image", None) or (
+            lambda image, name: load_image(image)
+        )
+        self.generate: Callable[..., torch.LongTensor] = self.model.generate
+        if fast != "none" and not hasattr(self.model, "optimize_for_cpu"):
+            logger.warning("this checkpoint's code predates MODA's CPU fast path methods: fp32 generate")
+        elif fast != "none":
+            self.model.optimize_for_cpu(fast)  # raises ValueError for an unknown mode
+            self.generate = self.model.generate_fast
 
     def open(self, path: str, name: str) -> Image.Image:
         """The photo as RGB, or ValueError with a message fit for the user (the server path stays in the log)."""
@@ -95,10 +91,7 @@ class Describer:
         options = {"max_new_tokens": int(max_new_tokens), "num_beams": int(num_beams), "do_sample": temperature > 0}
         if temperature > 0:
             options["temperature"] = float(temperature)
-        if self.generate_fast is None:
-            generated = self.model.generate(**inputs, **options)
-        else:
-            generated = self.generate_fast(self.model, inputs, self.drafter, **options)
+        generated = self.generate(**inputs, **options)
         return self.processor.batch_decode(generated, skip_special_tokens=True)
 
 

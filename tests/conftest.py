@@ -1,11 +1,12 @@
 """Shared fixtures: tiny MODA backbones, model, processor and a saved checkpoint, built once per session.
 
-Nothing is downloaded: the backbones are random tiny CLIP/OPT models saved by `processing.demo_backbones`.
+Nothing is downloaded: the backbones are random tiny CLIP/OPT models saved by `moda.demo.backbones`.
 """
 
 from __future__ import annotations
 
 import shutil
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,9 @@ from transformers.utils import logging
 
 from modeling_moda import MODAForConditionalGeneration
 from processing import MODAProcessor
-from processing.caption_drafts import build_caption_drafter, save_caption_drafter
-from processing.caption_vocabulary import build_caption_vocabulary, save_caption_vocabulary
-from processing.demo_backbones import save_tiny_backbones
+from modeling_moda.caption_drafts import build_caption_drafter, save_caption_drafter
+from modeling_moda.caption_vocabulary import build_caption_vocabulary, save_caption_vocabulary
+from moda.demo.backbones import save_tiny_backbones
 
 logging.set_verbosity_error()
 
@@ -76,6 +77,16 @@ FAST_PATH_CAPTIONS = [
     "A red dress for women, ideal for parties.",
     "A navy blue men's striped polo shirt, ideal for casual wear.",
 ]
+
+
+@pytest.fixture(scope="session")
+def checkpoint_before_layout(tmp_path_factory) -> Path:
+    """A tiny checkpoint saved by MODA before its code moved to the current layout (code files of that time,
+    caption vocabulary and drafts, three photos and `expected_greedy.json`: the ids it generated then)."""
+    folder = tmp_path_factory.mktemp("before_layout")
+    with tarfile.open(Path(__file__).parent / "fixtures" / "checkpoint_before_layout.tar.gz") as archive:
+        archive.extractall(folder, filter="data")
+    return folder / "checkpoint"
 
 
 @pytest.fixture(scope="session")

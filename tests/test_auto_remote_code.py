@@ -9,7 +9,7 @@ from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, 
 
 from modeling_moda import MODAForConditionalGeneration
 from processing import MODAProcessor
-from push_to_hub import clean_command
+from moda.clean_process import clean_command
 
 # Runs after push_to_hub's import blocker, in an interpreter that cannot import this repository.
 GENERATE_TOKEN_IDS = """

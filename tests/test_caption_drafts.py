@@ -8,7 +8,7 @@ import torch
 from conftest import FASHION_TEXTS, make_photo
 
 from modeling_moda.greedy_decoding import draft_guesses, greedy_generate, guesses_kept
-from processing.caption_drafts import (
+from modeling_moda.caption_drafts import (
     DRAFTS_FILE,
     CaptionDrafter,
     build_caption_drafter,

@@ -7,11 +7,11 @@ import pytest
 import torch
 from conftest import FASHION_TEXTS, GREEDY_TOKENS
 
-from describe import load_model
-from modeling_moda import optimize_for_cpu
+from moda.describe import load_model
+from modeling_moda.fast_inference import apply_cpu_fast_path
 from modeling_moda.fast_inference import ShortlistHead, restrict_vocabulary
 from modeling_moda.greedy_decoding import greedy_generate
-from processing.caption_vocabulary import (
+from modeling_moda.caption_vocabulary import (
     VOCABULARY_FILE,
     build_caption_vocabulary,
     load_caption_vocabulary,
@@ -84,7 +84,7 @@ def test_shortlist_rejects_ids_outside_the_vocabulary(tiny_model):
 
 def test_int8_with_shortlist_keeps_the_shortlist_fp32(tiny_model, photo_batch, fp32_tokens):
     written = sorted(set(fp32_tokens.flatten().tolist()))
-    fast = optimize_for_cpu(copy.deepcopy(tiny_model), "int8", vocabulary=written)
+    fast = apply_cpu_fast_path(copy.deepcopy(tiny_model), "int8", vocabulary=written)
     head = fast.language_model.get_output_embeddings()
     assert isinstance(head, ShortlistHead)
     assert type(head.shortlist) is torch.nn.Linear and head.shortlist.weight.dtype == torch.float32

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from processing.catalog import CSV_COLUMNS, main, make_catalog, product_noun
+from moda.demo.catalog import CSV_COLUMNS, main, make_catalog, product_noun
 
 
 def _read_rows(csv_path: Path) -> list[dict[str, str]]:

@@ -11,7 +11,7 @@ import pytest
 SCRIPT = """
 import resource
 import torch
-from modeling_moda.cpu_memory import reuse_freed_memory
+from moda.cpu_memory import reuse_freed_memory
 
 def page_faults_of_repeated_blocks() -> int:
     for _ in range(3):  # 100 MB blocks: the first uses fault their pages in either way, until the heap has room

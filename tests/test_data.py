@@ -11,7 +11,7 @@ import torch
 
 from modeling_moda import MODAForConditionalGeneration
 from processing import MODAProcessor
-from processing.catalog import make_catalog
+from moda.demo.catalog import make_catalog
 from processing.data import MODACollator, caption_from_metadata, drop_unusable, load_fashion_dataset, split_dataset
 from processing.feature_cache import add_image_embeds
 

@@ -6,8 +6,8 @@ import torch
 from transformers import CLIPModel
 
 from modeling_moda import MODAForConditionalGeneration
-from processing.demo_backbones import save_tiny_backbones
-from processing.demo_vision_pretraining import REPORT_NAME, pretrain_vision_tower
+from moda.demo.backbones import save_tiny_backbones
+from moda.demo.vision_pretraining import REPORT_NAME, pretrain_vision_tower
 
 from conftest import FASHION_TEXTS
 

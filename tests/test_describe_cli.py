@@ -6,7 +6,9 @@ import json
 import pytest
 
 from conftest import count_draft_calls
-from describe import main
+import modeling_moda.modeling_moda
+from moda import cli
+from moda.cli import main
 
 
 def write_photos(folder, photos):
@@ -63,16 +65,14 @@ def test_bad_flags_stop_before_loading_the_model(tmp_path, photos):
 
 def test_default_fast_path_writes_what_int8_generate_writes(tmp_path, tiny_checkpoint, photos, monkeypatch):
     """The CLI's default (int8, lean greedy loop) describes exactly as `generate` on the same int8 model."""
-    import describe
-
     loaded = {}
 
     def remember(*args, **kwargs):
         loaded["model"], loaded["processor"] = load_model(*args, **kwargs)
         return loaded["model"], loaded["processor"]
 
-    load_model = describe.load_model
-    monkeypatch.setattr(describe, "load_model", remember)
+    load_model = cli.load_model
+    monkeypatch.setattr(cli, "load_model", remember)
     paths = write_photos(tmp_path / "photos", photos)
     out = tmp_path / "results.jsonl"
     assert main(["describe", str(tmp_path / "photos"), "--model", str(tiny_checkpoint), "--out", str(out),
@@ -90,14 +90,11 @@ def test_single_image_checks_the_checkpoints_caption_drafts(tmp_path, fast_check
     The texts are not compared: on int8 weights a pass's guesses share its activation scale, so drafts can flip a
     near-tied token of this tiny model (README, Performance); tests/test_caption_drafts.py checks that drafts change
     nothing on fp32 weights."""
-    import describe
-
     checkpoint = fast_checkpoint
     calls = []
-    load_caption_drafter = describe.load_caption_drafter
-    monkeypatch.setattr(
-        describe, "load_caption_drafter", lambda path: count_draft_calls(load_caption_drafter(path), calls)
-    )
+    code = modeling_moda.modeling_moda
+    load_caption_drafter = code.load_caption_drafter
+    monkeypatch.setattr(code, "load_caption_drafter", lambda path: count_draft_calls(load_caption_drafter(path), calls))
     [path] = write_photos(tmp_path / "photos", photos[:1])
     descriptions = []
     for flags in ([], ["--no-drafts"]):

@@ -6,11 +6,12 @@ from pathlib import Path
 import pytest
 from datasets import Image, load_from_disk
 
-from processing import distill
-from processing.catalog import make_catalog
-from processing.demo_backbones import train_bpe_tokenizer
-from processing.distill import DistillArguments, ScriptedBackend, prompt_i, prompt_ii, read_catalog
-from processing.ocr_guard import DescriptionGuard
+from moda.distill import pipeline as distill
+from moda.demo.catalog import make_catalog
+from moda.demo.backbones import train_bpe_tokenizer
+from moda.distill.pipeline import DistillArguments, ScriptedBackend, prompt_i, prompt_ii, read_catalog
+from moda.distill.guard import DescriptionGuard
+from processing.data import ImageFinder
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = REPO.parent / "shared" / "seeds" / "000_47619fac80627e17.txt"
@@ -50,7 +51,7 @@ def journal_ids(out: Path, step: str) -> list[str]:
 # -------------------------------------------------------------------------------------------------------- prompts
 def test_prompt_i_is_the_seeds_text():
     sent = prompt_i()
-    assert sent == (REPO / "processing" / "prompts" / "prompt_i.txt").read_text()
+    assert sent == (REPO / "moda" / "distill" / "prompts" / "prompt_i.txt").read_text()
     assert sent.startswith("<|user|>\n\n<|image_1|>\n") and sent.endswith("<|end|>\n<|assistant|>\n")
     if not SEED.exists():
         pytest.skip("shared seed folder absent")
@@ -72,7 +73,7 @@ def test_prompt_ii_carries_description_and_metadata(catalog):
 def test_prompt_ii_leaves_out_empty_metadata(tmp_path):
     """An empty fashion.csv cell (or a short row, which csv reads as None) must not reach the teacher as a value."""
     (tmp_path / "fashion.csv").write_text(
-        ",".join(distill.CATALOG_COLUMNS) + "\n1,Men,Apparel,Topwear,Tshirts,,Casual,Tee,1.jpg,u\n2,Men,Apparel\n"
+        ",".join(distill.KAGGLE_COLUMNS) + "\n1,Men,Apparel,Topwear,Tshirts,,Casual,Tee,1.jpg,u\n2,Men,Apparel\n"
     )
     blank_colour, short_row = read_catalog(tmp_path / "fashion.csv")
     prompt = prompt_ii("A red shirt.", blank_colour)
@@ -90,7 +91,7 @@ def test_missing_columns_raise(tmp_path):
 
 def test_images_are_found_by_name_anywhere_below(catalog, tmp_path):
     item = read_catalog(catalog)[0]
-    finder = distill.ImageFinder(catalog.parent)
+    finder = ImageFinder(catalog.parent)
     nested = catalog.parent / item["Image"]
     assert finder(item["Image"]) == nested.resolve()
     assert finder(nested.name) == nested.resolve()  # Kaggle's bare file name, file nested in folders
@@ -274,7 +275,7 @@ def test_accelerate_launch_splits_items_between_processes(catalog, tmp_path):
     answers = tmp_path / "answers.json"
     answers.write_text(json.dumps({"step1": {"*": GOOD}, "step2": {"*": GOOD}}))
     command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "processing.distill",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "moda.distill",
                "--catalog", str(catalog), "--out", str(tmp_path / "out"),
                "--backend", f"scripted:{answers}"]  # fmt: skip
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}

@@ -15,8 +15,9 @@ import pytest
 import torch
 from conftest import GREEDY_TOKENS
 
-from describe import load_model, main
-from modeling_moda import optimize_for_cpu
+from moda.cli import main
+from moda.describe import load_model
+from modeling_moda.fast_inference import apply_cpu_fast_path
 from modeling_moda.fast_inference import untie_lm_head
 
 NEW_TOKENS = GREEDY_TOKENS
@@ -44,7 +45,7 @@ def agreement(model, inputs, reference: torch.Tensor) -> tuple[float, float]:
 def test_fast_descriptions_agree_with_fp32_greedy(
     tiny_model, photo_batch, fp32_tokens, mode, min_descriptions, min_tokens
 ):
-    fast = optimize_for_cpu(copy.deepcopy(tiny_model), mode)
+    fast = apply_cpu_fast_path(copy.deepcopy(tiny_model), mode)
     same_descriptions, same_tokens = agreement(fast, photo_batch, fp32_tokens)
     print(f"{mode}: {same_descriptions:.0%} identical descriptions, {same_tokens:.0%} identical next tokens")
     assert same_descriptions >= min_descriptions
@@ -52,11 +53,11 @@ def test_fast_descriptions_agree_with_fp32_greedy(
 
 
 def test_fp32_mode_is_exact(tiny_model, photo_batch, fp32_tokens):
-    assert agreement(optimize_for_cpu(copy.deepcopy(tiny_model), "fp32"), photo_batch, fp32_tokens) == (1.0, 1.0)
+    assert agreement(apply_cpu_fast_path(copy.deepcopy(tiny_model), "none"), photo_batch, fp32_tokens) == (1.0, 1.0)
 
 
 def test_int8_unties_and_quantizes_only_the_head(tiny_model):
-    model = optimize_for_cpu(copy.deepcopy(tiny_model), "int8")
+    model = apply_cpu_fast_path(copy.deepcopy(tiny_model), "int8")
     embedding = model.get_input_embeddings()
     assert isinstance(embedding, torch.nn.Embedding)
     torch.testing.assert_close(embedding.weight, tiny_model.get_input_embeddings().weight, rtol=0, atol=0)
@@ -79,7 +80,7 @@ def test_untie_copies_the_shared_weight(tiny_model):
 
 
 def test_quantize_vision_generates(tiny_model, tiny_processor, photos):
-    model = optimize_for_cpu(copy.deepcopy(tiny_model), "int8", quantize_vision=True)
+    model = apply_cpu_fast_path(copy.deepcopy(tiny_model), "int8", quantize_vision=True)
     fc1 = model.vision_tower.vision_model.encoder.layers[0].mlp.fc1
     assert isinstance(fc1, torch.ao.nn.quantized.dynamic.Linear)
     with torch.inference_mode():
@@ -96,7 +97,7 @@ def test_quantize_vision_generates(tiny_model, tiny_processor, photos):
 )
 def test_bad_options_are_refused(tiny_model, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        optimize_for_cpu(copy.deepcopy(tiny_model), **kwargs)
+        apply_cpu_fast_path(copy.deepcopy(tiny_model), **kwargs)
 
 
 def test_describe_cli_fast_paths(tiny_checkpoint, tmp_path, photos):

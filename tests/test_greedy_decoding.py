@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import make_photo, sharpen
 
-from modeling_moda import MODAConfig, MODAForConditionalGeneration, optimize_for_cpu
+from modeling_moda import MODAConfig, MODAForConditionalGeneration
+from modeling_moda.fast_inference import apply_cpu_fast_path
 from modeling_moda.greedy_decoding import greedy_generate, supports_greedy_generate
 
 NEW_TOKENS = 12
@@ -59,7 +60,7 @@ def test_stops_at_eos_and_pads_finished_rows_like_generate(tiny_model, tiny_proc
 
 
 def test_same_tokens_on_the_int8_model(no_eos_model, tiny_processor, photos8):
-    fast = optimize_for_cpu(copy.deepcopy(no_eos_model), "int8")
+    fast = apply_cpu_fast_path(copy.deepcopy(no_eos_model), "int8")
     reference, lean = reference_and_lean(fast, tiny_processor(images=photos8[:1]))
     assert torch.equal(lean, reference)
 

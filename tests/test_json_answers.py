@@ -1,6 +1,6 @@
 import pytest
 
-from processing.json_answers import AnswerError, parse_description
+from moda.distill.answers import AnswerError, parse_description
 
 
 @pytest.mark.parametrize(

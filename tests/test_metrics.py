@@ -1,17 +1,17 @@
 """The offline `evaluate` modules: they load without the Hub and score what they claim to."""
 
 import csv
+import os
+import shutil
 import socket
-from pathlib import Path
+import subprocess
 
 import evaluate
 import pytest
 
-from metrics import load_metric
-from processing.catalog import make_catalog
-
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from moda.clean_process import clean_command
+from moda.demo.catalog import make_catalog
+from moda.metrics import METRICS_DIR, load_metric
 
 
 def _row(colour: str, product_type: str, gender: str = "Women", usage: str = "Party") -> dict[str, str]:
@@ -41,8 +41,27 @@ def test_metrics_load_through_evaluate_with_no_network(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setattr(socket.socket, "connect", refuse)
     for name in ("bleu", "rouge", "fashion_attributes"):
-        assert isinstance(evaluate.load(str(REPO_ROOT / "metrics" / name)), evaluate.Metric), name
+        assert isinstance(evaluate.load(str(METRICS_DIR / name)), evaluate.Metric), name
         assert isinstance(load_metric(name), evaluate.Metric), name
+
+
+SCORE_STANDALONE = """
+import evaluate
+metric = evaluate.load(sys.argv[1])
+print(metric.compute(predictions=["A red dress for women."], references=[
+    {"Colour": "Red", "ProductType": "Dresses", "Gender": "Women", "Usage": "Party"}])["colour_and_type_accuracy"])
+"""
+
+
+def test_fashion_attributes_loads_where_the_project_cannot_be_imported(tmp_path):
+    """`evaluate.load(<folder>)` from outside the repository, in a process that cannot import its packages."""
+    folder = shutil.copytree(METRICS_DIR / "fashion_attributes", tmp_path / "elsewhere" / "fashion_attributes")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run(
+        clean_command(SCORE_STANDALONE, folder), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.strip().splitlines()[-1]) == 1.0
 
 
 def test_bleu_is_one_for_identical_and_near_zero_for_unrelated(bleu):

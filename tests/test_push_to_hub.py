@@ -12,14 +12,8 @@ from huggingface_hub import ModelCard, SpaceCard
 from PIL import Image
 
 import push_to_hub
-from push_to_hub import (
-    CardInputs,
-    build_model_card,
-    check_loads_in_clean_process,
-    evaluation_scores,
-    read_metrics,
-    upload,
-)
+from moda.clean_process import check_loads_in_clean_process
+from push_to_hub import CardInputs, build_model_card, evaluation_scores, read_metrics, upload
 
 MODEL_FILES = {
     "README.md",

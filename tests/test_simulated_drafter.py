@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from modeling_moda import optimize_for_cpu
+from modeling_moda.fast_inference import apply_cpu_fast_path
 from modeling_moda.greedy_decoding import greedy_generate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -21,7 +21,7 @@ NEW_TOKENS = 16
 def decisive_int8(tiny_model):
     model = copy.deepcopy(tiny_model)
     model.generation_config.eos_token_id = None
-    return optimize_for_cpu(make_decisive(model, token_id=7), "int8")
+    return apply_cpu_fast_path(make_decisive(model, token_id=7), "int8")
 
 
 def test_the_decisive_model_writes_its_token_for_every_photo(decisive_int8, photo_batch):

@@ -4,11 +4,9 @@ the tiny checkpoint as MODA_MODEL, called through gradio_client."""
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib.util
 import io
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -24,12 +22,12 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from conftest import count_draft_calls, make_photo
-from describe import describe_images
-from modeling_moda import optimize_for_cpu
-from processing.caption_drafts import load_caption_drafter
-from processing.caption_vocabulary import load_caption_vocabulary
+from moda.clean_process import clean_command
+from moda.describe import describe_images, load_model
+from modeling_moda import MODAForConditionalGeneration
+from processing import MODAProcessor
 from processing.processing_moda import load_rgb_image
-from push_to_hub import REPO_ROOT, clean_command, stage_space
+from push_to_hub import REPO_ROOT, stage_space
 
 pytestmark = pytest.mark.slow
 
@@ -198,12 +196,12 @@ def test_model_defaults_to_the_model_repo_the_staged_space_links(tmp_path, monke
         load_app(APP.parent).model_id()  # the repository's own space/ names no model
 
 
-def cli_default(checkpoint: Path, model, processor, paths: list[Path]) -> tuple[list[str], list[str]]:
+def cli_default(checkpoint: Path, paths: list[Path]) -> tuple[list[str], list[str]]:
     """What `moda describe`'s default writes (int8, caption vocabulary, lean loop, drafts for a single image), one
     photo at a time and in one batch."""
-    model = optimize_for_cpu(copy.deepcopy(model), "int8", vocabulary=load_caption_vocabulary(checkpoint))
-    images, drafter = [load_rgb_image(path) for path in paths], load_caption_drafter(checkpoint)
-    options = {"lean": True, "drafter": drafter, "max_new_tokens": 32, "num_beams": 1, "do_sample": False}
+    model, processor = load_model(str(checkpoint), fast="int8")
+    images = [load_rgb_image(path) for path in paths]
+    options = {"fast": True, "max_new_tokens": 32, "num_beams": 1, "do_sample": False}
     return (
         describe_images(model, processor, images, batch_size=1, **options),
         describe_images(model, processor, images, batch_size=len(images), **options),
@@ -214,7 +212,7 @@ def test_default_space_writes_what_the_cli_default_writes(fast_checkpoint, tiny_
                                                           tmp_path):
     """Served as on a Space (the repository cannot be imported), the default runs the fast path from the
     checkpoint's own code, one photo and a batch alike."""
-    single, batch = cli_default(fast_checkpoint, tiny_model, tiny_processor, photo_files)
+    single, batch = cli_default(fast_checkpoint, photo_files)
     assert single != generate(tiny_model, tiny_processor, photo_files, max_new_tokens=32)
     with serve_space(fast_checkpoint, tmp_path) as url:
         client = Client(url, verbose=False)
@@ -236,7 +234,7 @@ def test_describer_sets_up_the_cli_fast_path(fast_checkpoint, photo_files):
     assert "quantized" in type(decoder_layer.fc1).__module__
     assert type(describer.model.language_model.get_output_embeddings()).__name__ == "ShortlistHead"
     asked = []
-    count_draft_calls(describer.drafter, asked)
+    count_draft_calls(describer.model.caption_drafter, asked)
     photos = [describer.open(str(path), path.name) for path in photo_files]
     describer(photos[:1], 32, 1, 0.0)
     assert asked, "a single greedy photo checks the caption drafts"
@@ -246,27 +244,22 @@ def test_describer_sets_up_the_cli_fast_path(fast_checkpoint, photo_files):
     assert not asked, "batches and beam search do not"
 
     exact = app.Describer(str(fast_checkpoint), "none")
-    assert exact.generate_fast is None
+    assert exact.generate == exact.model.generate
     assert "quantized" not in type(exact.model.language_model.model.decoder.layers[0].fc1).__module__
-    with pytest.raises(ValueError, match="MODA_FAST must be one of"):
-        app.Describer(str(fast_checkpoint), "bf16")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        app.Describer(str(fast_checkpoint), "int4")
 
 
 def test_space_falls_back_to_generate_for_checkpoint_code_without_the_fast_path(
-    tiny_checkpoint, tiny_model, tiny_processor, photo_files, tmp_path
+    checkpoint_before_layout, photo_files, tmp_path
 ):
-    """A checkpoint saved before its code carried the fast path still serves, with fp32 `generate` (served: in
+    """A checkpoint whose code predates the fast path methods still serves, with fp32 `generate` (served: in
     this process the repository's own MODA classes would stand in for the checkpoint's code)."""
-    older = shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint_before_fast_path")
-    code = older / "modeling_moda.py"
-    for line in ("from .fast_inference import optimize_for_cpu\n", "from .greedy_decoding import generate_fast\n"):
-        assert line in code.read_text()
-        code.write_text(code.read_text().replace(line, ""))
-    for name in ("fast_inference.py", "greedy_decoding.py"):
-        (older / name).unlink()
-    with serve_space(older, tmp_path) as url:
+    with serve_space(checkpoint_before_layout, tmp_path) as url:
         description, _ = Client(url, verbose=False).predict(
             handle_file(str(photo_files[0])), 32, 1, 0.0, api_name="/describe"
         )
-    assert description == generate(tiny_model, tiny_processor, photo_files[:1], max_new_tokens=32)[0]
+    model = MODAForConditionalGeneration.from_pretrained(checkpoint_before_layout).eval()
+    processor = MODAProcessor.from_pretrained(checkpoint_before_layout)
+    assert description == generate(model, processor, photo_files[:1], max_new_tokens=32)[0]
     assert "predates MODA's CPU fast path" in (tmp_path / "app.log").read_text()

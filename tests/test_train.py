@@ -13,9 +13,9 @@ from peft import PeftModel
 from transformers import AutoModel, AutoProcessor, CLIPVisionModelWithProjection
 
 import train_hf
-from processing.catalog import make_catalog
-from processing.caption_drafts import load_caption_drafter
-from processing.caption_vocabulary import build_caption_vocabulary, load_caption_vocabulary
+from moda.demo.catalog import make_catalog
+from modeling_moda.caption_drafts import load_caption_drafter
+from modeling_moda.caption_vocabulary import build_caption_vocabulary, load_caption_vocabulary
 from processing.data import load_fashion_dataset, open_image
 
 REPO = Path(__file__).resolve().parents[1]

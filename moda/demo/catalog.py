@@ -5,7 +5,7 @@ stand-in with the same CSV columns, so every pipeline (training, distillation, m
 offline and in tests. Each product type has its own silhouette and each colour a distinct RGB value; position,
 scale, rotation, pattern, background and noise vary so that the task is not trivial.
 
-    python -m processing.catalog --out data/demo --n 300 --seed 0
+    python -m moda.demo.catalog --out data/demo --n 300 --seed 0
 
 writes ``data/demo/fashion.csv`` with the columns ``CSV_COLUMNS`` and the images under
 ``data/demo/images/<Category>/<Gender>/<ProductId>.jpg``. The ``Image`` column holds that path *relative to the
@@ -26,23 +26,23 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
+from processing.data import KAGGLE_COLUMNS
+
+from ..metrics.fashion_attributes.fashion_vocabulary import COLOURS as VOCABULARY_COLOURS
+from ..metrics.fashion_attributes.fashion_vocabulary import (
+    GENDER_WORDS,
+    PATTERNS as VOCABULARY_PATTERNS,
+    USAGE_PHRASES,
+    gender_possessive,
+    pattern_word,
+    product_noun,
+)
+
 
 logger = logging.getLogger(__name__)
 
 CSV_NAME = "fashion.csv"
-CSV_COLUMNS = (
-    "ProductId",
-    "Gender",
-    "Category",
-    "SubCategory",
-    "ProductType",
-    "Colour",
-    "Usage",
-    "ProductTitle",
-    "Image",
-    "ImageURL",
-    "description",
-)
+CSV_COLUMNS = (*KAGGLE_COLUMNS, "description")
 
 Point = tuple[float, float]
 # A silhouette draws the item's body (filled with the fabric) and its details (drawn in a darker or lighter shade)
@@ -56,71 +56,45 @@ class Colour:
 
     name: str
     rgb: tuple[int, int, int]
-    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class ProductType:
-    """A Kaggle product type, its place in the Kaggle hierarchy and how captions name it."""
+    """A Kaggle product type, its place in the Kaggle hierarchy and how it is drawn and paired."""
 
     name: str
     category: str
     sub_category: str
-    noun: str
     draw: Silhouette
     genders: tuple[str, ...]
     usages: tuple[str, ...]
     is_pair: bool = False
-    aliases: tuple[str, ...] = ()
+
+    @property
+    def noun(self) -> str:
+        return product_noun(self.name)
 
 
-COLOURS: tuple[Colour, ...] = (
-    Colour("Black", (25, 25, 25)),
-    Colour("White", (245, 245, 245)),
-    Colour("Grey", (128, 128, 128), aliases=("gray",)),
-    Colour("Blue", (40, 110, 235)),
-    Colour("Navy Blue", (20, 30, 95)),
-    Colour("Teal", (0, 128, 128)),
-    Colour("Green", (40, 160, 50)),
-    Colour("Yellow", (245, 215, 30)),
-    Colour("Orange", (245, 125, 20)),
-    Colour("Red", (210, 25, 30)),
-    Colour("Pink", (245, 140, 195)),
-    Colour("Purple", (125, 45, 165)),
-    Colour("Brown", (115, 70, 30)),
-    Colour("Beige", (220, 200, 155)),
-)
-
-PATTERNS: tuple[str, ...] = ("solid", "striped", "checked", "polka-dot")
-
-GENDER_WORDS: dict[str, tuple[str, ...]] = {
-    "Men": ("men", "man", "male"),
-    "Women": ("women", "woman", "female", "ladies", "lady"),
-    "Boys": ("boys", "boy"),
-    "Girls": ("girls", "girl"),
+_PAINT = {
+    "Black": (25, 25, 25),
+    "White": (245, 245, 245),
+    "Grey": (128, 128, 128),
+    "Blue": (40, 110, 235),
+    "Navy Blue": (20, 30, 95),
+    "Teal": (0, 128, 128),
+    "Green": (40, 160, 50),
+    "Yellow": (245, 215, 30),
+    "Orange": (245, 125, 20),
+    "Red": (210, 25, 30),
+    "Pink": (245, 140, 195),
+    "Purple": (125, 45, 165),
+    "Brown": (115, 70, 30),
+    "Beige": (220, 200, 155),
 }
-_GENDER_POSSESSIVE = {"Men": "men's", "Women": "women's", "Boys": "boys'", "Girls": "girls'", "Unisex": "unisex"}
+COLOURS: tuple[Colour, ...] = tuple(Colour(name, rgb) for name, rgb in _PAINT.items() if name in VOCABULARY_COLOURS)
 
+PATTERNS: tuple[str, ...] = tuple(VOCABULARY_PATTERNS)
 
-def gender_possessive(gender: str) -> str:
-    """The word a caption puts before the noun: "men's", "girls'", "unisex" (not "girls's" or "unisex's").
-
-    Other values take "'s", or only the apostrophe when they end in "s".
-    """
-    known = _GENDER_POSSESSIVE.get(gender.strip().capitalize())
-    if known:
-        return known
-    word = gender.strip().lower()
-    return f"{word}'" if word.endswith("s") else f"{word}'s"
-
-
-USAGE_PHRASES: dict[str, tuple[str, ...]] = {
-    "Casual": ("casual wear", "everyday wear"),
-    "Formal": ("formal occasions", "the office"),
-    "Sports": ("sports", "workouts"),
-    "Ethnic": ("festive occasions", "ethnic wear"),
-    "Party": ("parties", "a night out"),
-}
 
 
 def _scaled(points: Sequence[Point], side: int) -> list[Point]:
@@ -242,41 +216,30 @@ def _draw_sandal(body: ImageDraw.ImageDraw, details: ImageDraw.ImageDraw, side: 
 ANY_GENDER = tuple(GENDER_WORDS)
 WOMENSWEAR = ("Women", "Girls")
 _DRESSY = ("Casual", "Formal", "Party", "Ethnic")
-# name, Category, SubCategory, caption noun, silhouette, genders, usages (Kaggle-like pairings).
+# name, Category, SubCategory, silhouette, genders, usages (Kaggle-like pairings).
 PRODUCT_TYPES: tuple[ProductType, ...] = (
-    ProductType("Tshirts", "Apparel", "Topwear", "t-shirt", _draw_tshirt, ANY_GENDER, ("Casual", "Sports"),
-                aliases=("tshirt", "t shirt", "tee")),
-    ProductType("Shirts", "Apparel", "Topwear", "shirt", _draw_shirt, ("Men", "Women", "Boys"), _DRESSY),
-    ProductType("Tops", "Apparel", "Topwear", "top", _draw_top, WOMENSWEAR, _DRESSY),
-    ProductType("Jackets", "Apparel", "Topwear", "jacket", _draw_jacket, ANY_GENDER, ("Casual", "Sports", "Formal")),
-    ProductType("Dresses", "Apparel", "Dress", "dress", _draw_dress, WOMENSWEAR, ("Casual", "Party", "Ethnic")),
-    ProductType("Jeans", "Apparel", "Bottomwear", "jeans", _draw_jeans, ANY_GENDER, ("Casual", "Party"),
+    ProductType("Tshirts", "Apparel", "Topwear", _draw_tshirt, ANY_GENDER, ("Casual", "Sports")),
+    ProductType("Shirts", "Apparel", "Topwear", _draw_shirt, ("Men", "Women", "Boys"), _DRESSY),
+    ProductType("Tops", "Apparel", "Topwear", _draw_top, WOMENSWEAR, _DRESSY),
+    ProductType("Jackets", "Apparel", "Topwear", _draw_jacket, ANY_GENDER, ("Casual", "Sports", "Formal")),
+    ProductType("Dresses", "Apparel", "Dress", _draw_dress, WOMENSWEAR, ("Casual", "Party", "Ethnic")),
+    ProductType("Jeans", "Apparel", "Bottomwear", _draw_jeans, ANY_GENDER, ("Casual", "Party"),
                 is_pair=True),
-    ProductType("Shorts", "Apparel", "Bottomwear", "shorts", _draw_shorts, ANY_GENDER, ("Casual", "Sports"),
+    ProductType("Shorts", "Apparel", "Bottomwear", _draw_shorts, ANY_GENDER, ("Casual", "Sports"),
                 is_pair=True),
-    ProductType("Skirts", "Apparel", "Bottomwear", "skirt", _draw_skirt, WOMENSWEAR, ("Casual", "Formal", "Party")),
-    ProductType("Casual Shoes", "Footwear", "Shoes", "casual shoes", _draw_casual_shoe, ANY_GENDER,
+    ProductType("Skirts", "Apparel", "Bottomwear", _draw_skirt, WOMENSWEAR, ("Casual", "Formal", "Party")),
+    ProductType("Casual Shoes", "Footwear", "Shoes", _draw_casual_shoe, ANY_GENDER,
                 ("Casual", "Formal"), is_pair=True),
-    ProductType("Sports Shoes", "Footwear", "Shoes", "sports shoes", _draw_sports_shoe, ANY_GENDER, ("Sports",),
+    ProductType("Sports Shoes", "Footwear", "Shoes", _draw_sports_shoe, ANY_GENDER, ("Sports",),
                 is_pair=True),
-    ProductType("Heels", "Footwear", "Shoes", "heels", _draw_heel, ("Women",), ("Party", "Formal"), is_pair=True),
-    ProductType("Flip Flops", "Footwear", "Flip Flops", "flip flops", _draw_flip_flops, ANY_GENDER, ("Casual",),
-                is_pair=True, aliases=("flip-flops",)),
-    ProductType("Sandals", "Footwear", "Sandal", "sandals", _draw_sandal, ANY_GENDER, ("Casual", "Ethnic"),
+    ProductType("Heels", "Footwear", "Shoes", _draw_heel, ("Women",), ("Party", "Formal"), is_pair=True),
+    ProductType("Flip Flops", "Footwear", "Flip Flops", _draw_flip_flops, ANY_GENDER, ("Casual",),
+                is_pair=True),
+    ProductType("Sandals", "Footwear", "Sandal", _draw_sandal, ANY_GENDER, ("Casual", "Ethnic"),
                 is_pair=True),
 )
-_PRODUCT_TYPES_BY_NAME = {product_type.name: product_type for product_type in PRODUCT_TYPES}
 
 _BRANDS = ("Modaline", "Urban Thread", "Northloom", "Velvetta", "Kestrel", "Marigold & Co")
-
-
-def product_noun(product_type: str) -> str:
-    """The lower-case noun phrase captions use for a product type ("Tshirts" -> "t-shirt").
-
-    Unknown Kaggle product types fall back to their lower-cased name, so metrics work on the real catalogue too.
-    """
-    known = _PRODUCT_TYPES_BY_NAME.get(product_type)
-    return known.noun if known else product_type.lower()
 
 
 def _shade(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -293,16 +256,16 @@ def _fabric(side: int, rgb: tuple[int, int, int], pattern: str, rng: random.Rand
     draw = ImageDraw.Draw(fabric)
     shade = _shade(rgb)
     period = rng.randint(max(4, side // 16), max(6, side // 8))
-    if pattern == "striped":
+    if pattern == "Striped":
         vertical = rng.random() < 0.5
         for offset in range(0, side, period):
             line = [(offset, 0), (offset, side)] if vertical else [(0, offset), (side, offset)]
             draw.line(line, fill=shade, width=max(1, period // 2))
-    elif pattern == "checked":
+    elif pattern == "Checked":
         for offset in range(0, side, period):
             draw.line([(offset, 0), (offset, side)], fill=shade, width=max(1, period // 4))
             draw.line([(0, offset), (side, offset)], fill=shade, width=max(1, period // 4))
-    elif pattern == "polka-dot":
+    elif pattern == "Polka-dot":
         radius = max(1, period // 4)
         for row, y in enumerate(range(0, side + period, period)):
             for x in range((row % 2) * period // 2, side + period, period):
@@ -349,7 +312,7 @@ def describe(product_type: ProductType, colour: str, pattern: str, gender: str, 
     """A short caption in one of several phrasings; it always names the colour and the product noun."""
     colour_words = colour.lower()
     noun = product_type.noun
-    pattern_word = "plain" if pattern == "solid" else pattern
+    pattern_words = pattern_word(pattern)
     usage_phrase = rng.choice(USAGE_PHRASES[usage])
     gender_plural = GENDER_WORDS[gender][0]
     if product_type.is_pair:
@@ -357,10 +320,10 @@ def describe(product_type: ProductType, colour: str, pattern: str, gender: str, 
     else:
         article = "An" if colour_words[0] in "aeiou" else "A"
     templates = (
-        f"{article} {colour_words} {gender_possessive(gender)} {pattern_word} {noun}, perfect for {usage_phrase}.",
-        f"{colour_words.capitalize()} {pattern_word} {noun} for {gender_plural}, ideal for {usage_phrase}.",
-        f"{pattern_word.capitalize()} {noun} in {colour_words} for {gender_plural}, made for {usage_phrase}.",
-        f"Stylish {colour_words} {noun} with a {pattern_word} look, a great pick for {usage_phrase}.",
+        f"{article} {colour_words} {gender_possessive(gender)} {pattern_words} {noun}, perfect for {usage_phrase}.",
+        f"{colour_words.capitalize()} {pattern_words} {noun} for {gender_plural}, ideal for {usage_phrase}.",
+        f"{pattern_words.capitalize()} {noun} in {colour_words} for {gender_plural}, made for {usage_phrase}.",
+        f"Stylish {colour_words} {noun} with a {pattern_words} look, a great pick for {usage_phrase}.",
     )
     return rng.choice(templates)
 
@@ -383,7 +346,7 @@ def make_catalog(out_dir: str | Path, n: int, seed: int = 0, image_size: int = 2
         image_path.parent.mkdir(parents=True, exist_ok=True)
         draw_item(product_type, colour, pattern, image_size, seed=rng.getrandbits(32)).save(image_path, quality=90)
 
-        pattern_title = "" if pattern == "solid" else f" {pattern.title()}"
+        pattern_title = "" if pattern == "Solid" else f" {pattern}"
         rows.append({
             "ProductId": product_id,
             "Gender": gender,

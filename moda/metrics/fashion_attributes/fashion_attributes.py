@@ -7,7 +7,7 @@ Mentions are found longest phrase first and a matched span is taken, so "navy bl
 "blue"), "t-shirt" is not also a "shirt", and the "sports" of "sports shoes" is not also the Sports usage.
 Product types are matched before colours, colours before genders, genders before usages. Any mention of another
 value of the same attribute is a contradiction (a Navy Blue item called "blue" is wrong and contradicted).
-The vocabulary is the demo catalogue's (processing.catalog) plus every value seen in the references, so real
+The vocabulary is fashion_vocabulary.py's plus every value seen in the references, so real
 Kaggle colours and product types work too (matched as their lower-cased names).
 """
 
@@ -16,7 +16,8 @@ from collections.abc import Iterable
 
 import datasets
 import evaluate
-from processing.catalog import COLOURS, GENDER_WORDS, PRODUCT_TYPES, USAGE_PHRASES, product_noun
+
+from .fashion_vocabulary import COLOURS, GENDER_WORDS, PRODUCT_TYPES, USAGE_PHRASES, product_noun
 
 
 ATTRIBUTES = ("ProductType", "Colour", "Gender", "Usage")
@@ -35,12 +36,12 @@ Span = tuple[int, int]
 def _catalogue_terms() -> dict[str, dict[str, str]]:
     """Phrase -> attribute value, per attribute, from the demo catalogue's vocabulary."""
     terms: dict[str, dict[str, str]] = {attribute: {} for attribute in ATTRIBUTES}
-    for product_type in PRODUCT_TYPES:
-        for phrase in (product_type.noun, product_type.name.lower(), *product_type.aliases):
-            terms["ProductType"][phrase] = product_type.name
-    for colour in COLOURS:
-        for phrase in (colour.name.lower(), *colour.aliases):
-            terms["Colour"][phrase] = colour.name
+    for product_type, phrases in PRODUCT_TYPES.items():
+        for phrase in (*phrases, product_type.lower()):
+            terms["ProductType"][phrase] = product_type
+    for colour, aliases in COLOURS.items():
+        for phrase in (colour.lower(), *aliases):
+            terms["Colour"][phrase] = colour
     for gender, words in GENDER_WORDS.items():
         for word in words:
             terms["Gender"][word] = gender

@@ -9,18 +9,13 @@ Each flag reads `kind: detail`, e.g. `all_caps: NIKE` or `colour_conflict: red`.
 import re
 from collections.abc import Iterable, Mapping
 
-COLOURS = frozenset(
-    "black white blue navy brown grey red green pink purple yellow beige silver gold orange maroon olive cream "
-    "charcoal khaki peach teal magenta lavender mustard rust turquoise burgundy tan copper bronze mauve coral "
-    "violet indigo".split()
-)
-_COLOUR_ALIASES = {"gray": "grey", "golden": "gold"}
-GENDERS = {
-    "men": "men", "man": "men", "male": "men", "gent": "men", "gentleman": "men", "gentlemen": "men",
-    "women": "women", "woman": "women", "female": "women", "lady": "women",
-    "boy": "boys",
-    "girl": "girls",
-}  # fmt: skip
+from ..metrics.fashion_attributes.fashion_vocabulary import COLOURS as FASHION_COLOURS
+from ..metrics.fashion_attributes.fashion_vocabulary import GENDER_WORDS
+
+# Single words of the vocabulary's colours ("navy blue" -> navy, blue); other spellings map to its first word.
+COLOURS = frozenset(word for name in FASHION_COLOURS for word in name.lower().split())
+_COLOUR_ALIASES = {alias: name.lower().split()[0] for name, aliases in FASHION_COLOURS.items() for alias in aliases}
+GENDERS = {word: gender.lower() for gender, words in GENDER_WORDS.items() for word in words}
 
 _QUOTED = re.compile(r"[\"“”«»]|‘[^’]+’|(?<!\w)'[^']+'(?!\w)")
 _ALL_CAPS = re.compile(r"\b[A-Z]{2,}\b")

@@ -8,10 +8,10 @@ a `datasets` folder (`OUT/dataset`) that `train_hf.py` reads as is.
 Every record is appended to a JSONL journal per step and process as soon as its batch ends (flushed and fsynced):
 a crash loses at most the batch in flight, and a re-run does only what is missing.
 
-    python -m processing.distill --catalog fashion.csv --images DIR --out OUT
-    accelerate launch --num_processes 4 -m processing.distill --catalog fashion.csv --images DIR --out OUT
-    accelerate launch --multi_gpu --num_processes 2 -m processing.distill ...   # several CPU processes, no GPU
-    python -m processing.distill --catalog fashion.csv --out OUT --backend scripted:answers.json
+    python -m moda.distill --catalog fashion.csv --images DIR --out OUT
+    accelerate launch --num_processes 4 -m moda.distill --catalog fashion.csv --images DIR --out OUT
+    accelerate launch --multi_gpu --num_processes 2 -m moda.distill ...   # several CPU processes, no GPU
+    python -m moda.distill --catalog fashion.csv --out OUT --backend scripted:answers.json
 """
 
 import csv
@@ -44,17 +44,15 @@ from transformers import (
 )
 from transformers.utils import logging
 
-from .data import cell_text
-from .json_answers import AnswerError, parse_description
-from .ocr_guard import DescriptionGuard
+from processing.data import KAGGLE_COLUMNS, ImageFinder, cell_text
+from processing.processing_moda import load_rgb_image
+
+from .answers import AnswerError, parse_description
+from .guard import DescriptionGuard
 
 logger = logging.get_logger(__name__)
 
 PROMPTS = Path(__file__).parent / "prompts"
-CATALOG_COLUMNS = (
-    "ProductId", "Gender", "Category", "SubCategory", "ProductType", "Colour", "Usage", "ProductTitle", "Image",
-    "ImageURL",
-)  # fmt: skip
 # Prompt II placeholder -> catalogue column; the guard checks descriptions against the same fields.
 METADATA = {
     "gender": "Gender", "category": "Category", "subcategory": "SubCategory", "product_type": "ProductType",
@@ -67,7 +65,7 @@ STEPS = ("step1", "step2")
 
 @dataclass
 class DistillArguments:
-    """Command-line options of `python -m processing.distill`."""
+    """Command-line options of `python -m moda.distill`."""
 
     catalog: str = field(metadata={"help": "Kaggle fashion-images style fashion.csv."})
     out: str = field(metadata={"help": "Output folder: journals, dataset/, descriptions.jsonl, summary.json."})
@@ -116,31 +114,14 @@ def read_catalog(path: str | os.PathLike, limit: int | None = None) -> list[dict
     """The catalogue rows as strings; raises ValueError when a column is missing or a ProductId repeats."""
     with open(path, newline="", encoding="utf-8") as file:
         reader = csv.DictReader(file)
-        missing = [column for column in CATALOG_COLUMNS if column not in (reader.fieldnames or [])]
+        missing = [column for column in KAGGLE_COLUMNS if column not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path} lacks catalogue column(s) {', '.join(missing)}; expected {CATALOG_COLUMNS}")
+            raise ValueError(f"{path} lacks catalogue column(s) {', '.join(missing)}; expected {KAGGLE_COLUMNS}")
         rows = [dict(row) for row in reader]
     ids = Counter(row["ProductId"] for row in rows)
     if repeated := [product_id for product_id, count in ids.items() if count > 1]:
         raise ValueError(f"{path}: ProductId must be unique, repeated: {repeated[:5]}")
     return rows[:limit]
-
-
-class ImageFinder:
-    """Finds `Image` under the image folder: as given, by file name, then anywhere below (Kaggle nests the files
-    in category/gender folders). The recursive index is built once, on the first miss."""
-
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
-        self._by_name: dict[str, Path] | None = None
-
-    def __call__(self, image: str) -> Path | None:
-        for candidate in (Path(image), self.root / image, self.root / Path(image).name):
-            if candidate.is_file():
-                return candidate.resolve()
-        if self._by_name is None:
-            self._by_name = {path.name: path.resolve() for path in self.root.rglob("*") if path.is_file()}
-        return self._by_name.get(Path(image).name)
 
 
 # --------------------------------------------------------------------------------------------------------- backends
@@ -356,8 +337,8 @@ def step1_tasks(items: list[dict[str, str]], find_image: ImageFinder) -> Iterato
             yield Task(item["ProductId"], failure=f"image not found: {item['Image']}")
             continue
         try:
-            image = PILImage.open(path).convert("RGB")
-        except OSError as error:
+            image = load_rgb_image(path, name=item["Image"])
+        except ValueError as error:
             yield Task(item["ProductId"], failure=f"unreadable image: {error}")
             continue
         yield Task(item["ProductId"], prompt_i(), image)

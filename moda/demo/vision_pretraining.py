@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, CLIPModel
 from transformers.utils import logging
 
-from processing.catalog import make_catalog
+from moda.demo.catalog import make_catalog
 
 logger = logging.get_logger(__name__)
 

@@ -1,0 +1,1 @@
+"""The bundled offline demo: a drawn catalogue, tiny backbones and the stand-in vision pretraining."""

@@ -1,0 +1,4 @@
+"""Data-free distillation: a VLM describes each catalogue image (Prompt I), an LLM refines it (Prompt II).
+
+    python -m moda.distill --catalog data/fashion --out data/distilled
+"""

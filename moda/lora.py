@@ -1,0 +1,31 @@
+"""The LoRA set-up MODA fine-tunes with: adapters on the language model's attention, the projector in full.
+
+A plain `LoraConfig(target_modules=["q_proj", "v_proj"])` would also adapt the CLIP tower's attention (its layers
+use the same names) and leave the projector untrained, so the targets are anchored under `language_model.`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
+
+DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def lora_config(
+    r: int = 8, alpha: int = 16, dropout: float = 0.05, target_modules: Sequence[str] = DEFAULT_TARGET_MODULES
+) -> LoraConfig:
+    """A `peft.LoraConfig` for MODA: `target_modules` of the LM only, `modules_to_save=["projector"]`."""
+    from peft import LoraConfig
+
+    names = "|".join(name.strip() for name in target_modules)
+    return LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=rf".*language_model\..*\.({names})",
+        modules_to_save=["projector"],
+    )
