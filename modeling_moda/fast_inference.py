@@ -99,7 +99,7 @@ def restrict_vocabulary(model: nn.Module, token_ids: Sequence[int]) -> nn.Module
     """Makes `model` write only `token_ids` (plus EOS): a `ShortlistHead` replaces the LM head, in place.
 
     For a model fine-tuned on captions, `token_ids` are the tokens of its training captions
-    (`processing.caption_vocabulary`); it never puts a higher score on any other token, so greedy descriptions
+    (`caption_vocabulary.py`); it never puts a higher score on any other token, so greedy descriptions
     stay the same while each step reads a tenth of the head.
     """
     eos = eos_token_ids(model.generation_config)
