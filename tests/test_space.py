@@ -137,9 +137,10 @@ def test_generation_settings_reach_generate(client, tiny_model, tiny_processor, 
 
 
 def test_batch_describes_good_files_and_reports_bad_ones(client, tiny_model, tiny_processor, photo_files, tmp_path):
-    bad = tmp_path / "notes.png"
+    bad, not_an_image_name = tmp_path / "notes.png", tmp_path / "notes.txt"
     bad.write_text("not a photo")
-    files = [handle_file(str(photo_files[0])), handle_file(str(bad)), handle_file(str(photo_files[2]))]
+    not_an_image_name.write_text("not a photo either")
+    files = [handle_file(str(path)) for path in (photo_files[0], bad, not_an_image_name, photo_files[2])]
     gallery, table, took = client.predict(files, 32, 1, 0.0, api_name="/describe_batch")
 
     expected = generate(tiny_model, tiny_processor, [photo_files[0], photo_files[2]], max_new_tokens=32)
@@ -147,6 +148,7 @@ def test_batch_describes_good_files_and_reports_bad_ones(client, tiny_model, tin
     rows = {name: text for name, text in table["data"]}
     assert rows["photo_0.png"] == expected[0] and rows["photo_2.png"] == expected[1]
     assert rows["notes.png"].startswith("skipped: notes.png is not an image")
+    assert rows["notes.txt"].startswith("skipped: notes.txt is not an image")
     assert took.startswith("Described 2 images in ")
 
 
