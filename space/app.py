@@ -106,8 +106,9 @@ def checked_settings(*values: object) -> tuple[float, ...]:
 class Describer:
     """A loaded MODA: photos in, descriptions out.
 
-    Images are opened with the processor's `load_image` (`load_rgb_image`, from the checkpoint's own code), the loader every MODA entry
-    point uses: any mode, EXIF rotation, transparency on white, 16-bit and huge photos handled the same way.
+    Images are opened with the processor's `load_image` (`load_rgb_image`, from the checkpoint's own code), the
+    loader every MODA entry point uses: any mode, EXIF rotation, transparency on white, 16-bit and huge photos
+    handled the same way.
 
     `fast="int8"` (the default, `MODA_FAST`) runs `moda describe`'s CPU default through the model's own methods
     (`optimize_for_cpu`, `generate_fast`): int8 decoder, LM head limited to the caption vocabulary, and greedy
