@@ -4,6 +4,10 @@ that the staged model loads and generates in a clean process, then upload both.
     python push_to_hub.py outputs/demo --repo-id user/moda --space-id user/moda-space
     python push_to_hub.py outputs/demo --repo-id user/moda --space-id user/moda-space --dry-run staged/
 
+Only a MODA checkpoint whose every weight loads is published: another model's folder, or a MODA config beside
+weights that do not fit it, is refused before anything is staged. The card's results and loss curve come from the
+folder itself (train_hf.py's metrics.json and loss_curve.png, or a Trainer ``checkpoint-N``'s trainer_state.json).
+
 ``--dry-run DIR`` writes ``DIR/model`` and ``DIR/space``, checks the model folder and stops: what lies there is
 exactly what would be uploaded. The token comes from ``HF_TOKEN`` or the ``hf auth login`` cache and is never
 printed.
@@ -25,7 +29,8 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, SpaceCa
 from transformers.utils import logging
 
 from moda.clean_process import check_loads_in_clean_process
-from modeling_moda import MODAForConditionalGeneration
+from moda.loss_curve import plot_loss_curve
+from modeling_moda import MODAConfig, MODAForConditionalGeneration
 from modeling_moda.caption_drafts import DRAFTS_FILE
 from modeling_moda.caption_vocabulary import VOCABULARY_FILE
 from processing import MODAProcessor
@@ -45,24 +50,33 @@ BATCH_KEY = re.compile(r"images_per_s_batch(\d+)$")
 DEFAULT_BENCHMARKS = REPO_ROOT / "benchmarks" / "results"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
-def find_run_file(checkpoint: Path, name: str) -> Path | None:
-    """`name` in the checkpoint folder or its parent (Trainer writes run files next to checkpoint-N/)."""
-    return next((path for path in (checkpoint / name, checkpoint.parent / name) if path.is_file()), None)
-
-
 def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def read_metrics(checkpoint: Path) -> dict[str, dict[str, float]]:
-    """The run's metrics.json as `{section: {name: number}}`.
+def trainer_log(checkpoint: Path) -> list[dict]:
+    """The loss and evaluation entries of a Trainer checkpoint's own `trainer_state.json` (none elsewhere)."""
+    path = checkpoint / "trainer_state.json"
+    history = json.loads(path.read_text()).get("log_history", []) if path.is_file() else []
+    return [entry for entry in history if "loss" in entry or "eval_loss" in entry]
 
-    train_hf.py writes sections (`rows`, `train`, `validation`, `test`, `holdout`); a flat file of Trainer
-    metrics (`eval_bleu`, `train_loss` ...) becomes the one section `results`.
+
+def read_metrics(checkpoint: Path) -> dict[str, dict[str, float]]:
+    """The checkpoint's own results as `{section: {name: number}}`, read from files inside the folder only: the
+    files beside a Trainer `checkpoint-N/` describe the run's final model, not that checkpoint.
+
+    train_hf.py's metrics.json has sections (`rows`, `train`, `validation`, `test`, `holdout`); a flat file of
+    Trainer metrics (`eval_bleu`, `train_loss` ...) becomes the one section `results`. A `checkpoint-N/` without
+    one gives its trainer_state.json's last train and evaluation logs, as of its step.
     """
-    path = find_run_file(checkpoint, "metrics.json")
-    if path is None:
-        return {}
+    path = checkpoint / "metrics.json"
+    if not path.is_file():
+        history = trainer_log(checkpoint)
+        latest = {
+            "train": next((entry for entry in reversed(history) if "loss" in entry), {}),
+            "validation": next((entry for entry in reversed(history) if "eval_loss" in entry), {}),
+        }
+        return {section: numbers for section, numbers in latest.items() if numbers}
     raw = json.loads(path.read_text())
     sections = {"results": {key: value for key, value in raw.items() if is_number(value)}}
     for key, value in raw.items():
@@ -261,6 +275,28 @@ def cpu_benchmarks() -> list[Path]:
     return [path for path in reports if json.loads(path.read_text()).get("machine", {}).get("device") == "cpu"]
 
 
+def load_checkpoint(checkpoint: Path) -> MODAForConditionalGeneration:
+    """The MODA in `checkpoint`, every weight loaded from it; ValueError for anything else (another model's folder,
+    a LoRA adapter, weights that do not fit the config), before anything is staged."""
+    if (checkpoint / "adapter_config.json").is_file():
+        raise ValueError(f"{checkpoint} holds a LoRA adapter: publish a merged model (train_hf.py --merge_lora)")
+    if not (checkpoint / "config.json").is_file():
+        raise ValueError(f"{checkpoint} is not a MODA checkpoint folder (no config.json)")
+    model_type = json.loads((checkpoint / "config.json").read_text()).get("model_type")
+    if model_type != MODAConfig.model_type:
+        raise ValueError(
+            f"{checkpoint} is not a MODA checkpoint: its config.json has model_type {model_type!r}, not 'moda'"
+        )
+    model, loading = MODAForConditionalGeneration.from_pretrained(checkpoint, output_loading_info=True)
+    if loading["missing_keys"] or loading["unexpected_keys"]:
+        missing, unexpected = sorted(loading["missing_keys"]), sorted(loading["unexpected_keys"])
+        raise ValueError(
+            f"{checkpoint}'s weights are not this MODA's: {len(missing)} missing {missing[:3]}, {len(unexpected)} "
+            f"unexpected {unexpected[:3]}. Publishing it would upload untrained weights."
+        )
+    return model
+
+
 def stage_model(
     checkpoint: Path,
     out: Path,
@@ -275,13 +311,9 @@ def stage_model(
     config's `auto_map` and the code files are current), processor, generation config, caption vocabulary and
     drafts, card and loss curve.
     Optimizer state, RNG and other Trainer files in the checkpoint are left behind."""
-    if (checkpoint / "adapter_config.json").is_file():
-        raise ValueError(f"{checkpoint} holds a LoRA adapter: publish a merged model (train_hf.py --merge_lora)")
-    if not (checkpoint / "config.json").is_file():
-        raise ValueError(f"{checkpoint} is not a MODA checkpoint folder (no config.json)")
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty; stage into a new folder")
-    model = MODAForConditionalGeneration.from_pretrained(checkpoint)
+    model = load_checkpoint(checkpoint)
     model.save_pretrained(out)
     MODAProcessor.from_pretrained(checkpoint).save_pretrained(out)
     # what `moda describe --fast int8` shortlists the LM head to, and the guesses it checks several at a time
@@ -298,9 +330,11 @@ def stage_model(
         metrics=read_metrics(checkpoint),
         space_id=space_id,
     )
-    if loss_curve := find_run_file(checkpoint, "loss_curve.png"):
-        shutil.copy(loss_curve, out / "loss_curve.png")
-        inputs.loss_curve = "loss_curve.png"
+    if (checkpoint / "loss_curve.png").is_file():
+        shutil.copy(checkpoint / "loss_curve.png", out / "loss_curve.png")
+    elif history := trainer_log(checkpoint):  # a checkpoint-N: its own curve, up to its step
+        plot_loss_curve(history, out / "loss_curve.png")
+    inputs.loss_curve = "loss_curve.png" if (out / "loss_curve.png").is_file() else None
     inputs.benchmarks = [benchmark_table(path) for path in (cpu_benchmarks() if benchmarks is None else benchmarks)]
     build_model_card(inputs).save(out / "README.md")
     return out
@@ -380,16 +414,19 @@ def main(argv: Sequence[str] | None = None, api: HubApi | None = None) -> int:
             raise SystemExit(f"{flag} must look like USER/NAME, got {repo!r}")
     with tempfile.TemporaryDirectory(prefix="moda-stage-") as scratch:
         root = args.dry_run or Path(scratch)
-        model_dir = stage_model(
-            args.checkpoint,
-            root / "model",
-            args.repo_id,
-            license=args.license,
-            datasets=args.dataset,
-            base_model=args.base_model,
-            space_id=args.space_id,
-            benchmarks=args.benchmark,
-        )
+        try:
+            model_dir = stage_model(
+                args.checkpoint,
+                root / "model",
+                args.repo_id,
+                license=args.license,
+                datasets=args.dataset,
+                base_model=args.base_model,
+                space_id=args.space_id,
+                benchmarks=args.benchmark,
+            )
+        except ValueError as error:
+            raise SystemExit(f"push_to_hub.py: {error}") from error
         space_dir = stage_space(root / "space", args.repo_id) if args.space_id else None
         text = check_loads_in_clean_process(model_dir)
         print(f"staged {model_dir}: loads in a clean process and generates {text!r}")

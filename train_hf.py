@@ -34,6 +34,7 @@ from transformers.utils import logging
 import modeling_moda  # noqa: F401  (registers the "moda" Auto classes)
 from moda.cpu_memory import reuse_freed_memory
 from moda.lora import DEFAULT_TARGET_MODULES, lora_config
+from moda.loss_curve import plot_loss_curve
 from modeling_moda import MODAForConditionalGeneration
 from modeling_moda.caption_drafts import build_caption_drafter, save_caption_drafter
 from modeling_moda.caption_vocabulary import build_caption_vocabulary, save_caption_vocabulary
@@ -286,27 +287,6 @@ def score_descriptions(predictions: list[str], dataset: datasets.Dataset) -> dic
         attribute_refs = [{name: cell_text(cells[i]) for name, cells in columns.items()} for i in range(len(dataset))]
         scores.update(load_metric("fashion_attributes").compute(predictions=predictions, references=attribute_refs))
     return scores
-
-
-def plot_loss_curve(log_history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [(entry["epoch"], entry["loss"]) for entry in log_history if "loss" in entry]
-    validation = [(entry["epoch"], entry["eval_loss"]) for entry in log_history if "eval_loss" in entry]
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for points, label in ((train, "train"), (validation, "validation")):
-        if points:
-            axis.plot(*zip(*points), marker="o", label=label)
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("loss (cross-entropy per description token)")
-    axis.set_title("MODA training")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def save_final(trainer: Trainer, model, processor, model_args: ModelArguments, output_dir: Path):

@@ -10,6 +10,7 @@ This file is copied next to ``config.json`` by ``save_pretrained`` and must impo
 from typing import Literal
 
 from transformers import AutoConfig, PreTrainedConfig
+from transformers.activations import ACT2FN
 from transformers.configuration_utils import SubConfigSpec
 
 # The seed's vision encoder: FashionCLIP = CLIP ViT-B/32, whose visual projection gives a 512-d embedding.
@@ -44,8 +45,30 @@ AUTO_MAP = {
     "AutoModelForImageTextToText": "modeling_moda.MODAForConditionalGeneration",
 }
 
+# Sizes the sub-models are built from, checked wherever a sub-config has them (a negative or fractional size would
+# otherwise surface as a raw torch error when the model is built).
+SUB_CONFIG_SIZES = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "ffn_dim",
+    "word_embed_proj_dim",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "max_position_embeddings",
+    "image_size",
+    "patch_size",
+    "projection_dim",
+    "num_channels",
+)
+
 # id 50265 is the first free slot after OPT's 50265 real tokens (its embedding matrix has 50272 rows).
 OPT_IMAGE_TOKEN_ID = 50265
+
+
+def is_positive_int(value) -> bool:
+    """A whole number above 0: an int, and not a bool (which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 class MODAConfig(PreTrainedConfig):
@@ -97,17 +120,41 @@ class MODAConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        if self.image_features not in ("pooled", "patches"):
-            raise ValueError(f"image_features must be 'pooled' or 'patches', got {self.image_features!r}")
-        if self.projector_hidden_size <= 0:
-            raise ValueError(f"projector_hidden_size must be positive, got {self.projector_hidden_size}")
-        if not 0 <= self.image_token_id < self.text_config.vocab_size:
-            raise ValueError(
-                f"image_token_id {self.image_token_id} is outside the text model's vocabulary "
-                f"(vocab_size {self.text_config.vocab_size})"
-            )
+        self._check_values()
         self.tie_word_embeddings = getattr(self.text_config, "tie_word_embeddings", self.tie_word_embeddings)
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+
+    def _check_values(self) -> None:
+        """Raises ValueError naming the field for a value the model could not be built or run with, so a bad
+        config.json fails when it is read, not with a raw error deep inside the model."""
+        if self.image_features not in ("pooled", "patches"):
+            raise ValueError(f"image_features must be 'pooled' or 'patches', got {self.image_features!r}")
+        if self.projector_hidden_act not in ACT2FN:
+            raise ValueError(
+                f"projector_hidden_act must be one of transformers' activations ({', '.join(sorted(ACT2FN))}), "
+                f"got {self.projector_hidden_act!r}"
+            )
+        for name, config in (("vision_config", self.vision_config), ("text_config", self.text_config)):
+            for size in SUB_CONFIG_SIZES:
+                value = getattr(config, size, None)
+                if value is not None and not is_positive_int(value):
+                    raise ValueError(f"{name}.{size} must be a positive integer, got {value!r}")
+        if not is_positive_int(self.projector_hidden_size):
+            raise ValueError(f"projector_hidden_size must be a positive integer, got {self.projector_hidden_size!r}")
+        vocab_size = self.text_config.vocab_size
+        if isinstance(self.image_token_id, bool) or not isinstance(self.image_token_id, int):
+            raise ValueError(f"image_token_id must be an integer token id, got {self.image_token_id!r}")
+        if not 0 <= self.image_token_id < vocab_size:
+            raise ValueError(
+                f"image_token_id {self.image_token_id} is outside the text model's vocabulary (vocab_size {vocab_size})"
+            )
+        for special in ("pad", "bos", "eos"):
+            ids = getattr(self.text_config, f"{special}_token_id", None)
+            if self.image_token_id in (ids if isinstance(ids, list) else [ids]):
+                raise ValueError(
+                    f"image_token_id {self.image_token_id} is the text model's {special}_token_id: the image "
+                    "placeholder needs a token id of its own"
+                )
 
     @property
     def vision_feature_size(self) -> int:

@@ -1,16 +1,20 @@
 """MODA Space: describe fashion items from photos, one at a time (upload, paste or an example) or in batches.
 
-    MODA_MODEL=user/moda python app.py        # or a local checkpoint folder; MODA_FAST=none for fp32 generate
+    MODA_MODEL=path/to/checkpoint python app.py     # MODA_FAST=none for fp32 generate
 
 The model comes from the ``MODA_MODEL`` variable (a Hub id or a local folder) or, when it is unset, from the
 first ``models:`` entry of this Space's README. MODA's code is loaded from the model repo with
-``trust_remote_code=True``, so the Space needs only the packages in requirements.txt.
+``trust_remote_code=True``, so the Space needs only the packages in requirements.txt. That code runs in this
+process: it is trusted for the model the Space was published for (the README's ``models:`` entry) and for a local
+folder (the operator's own files); any other Hub repo needs ``MODA_TRUST_REMOTE_CODE=1``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -32,24 +36,79 @@ MAX_BATCH = 16
 CONCURRENCY_LIMIT = 2
 UNREADABLE = "is not an image MODA can read. Upload a JPEG, PNG or WebP photo."
 TOO_LARGE = "has too many pixels for an image MODA can read."
+# Set to 1 to run a MODA_MODEL Hub repo other than the one the Space was published for (its code runs here).
+TRUST_REMOTE_CODE = "MODA_TRUST_REMOTE_CODE"
+
+
+def published_model() -> str | None:
+    """The model repo this Space was published for: the first `models:` entry of its README (push_to_hub.py
+    writes it)."""
+    readme = HERE / "README.md"
+    models = (metadata_load(readme) or {}).get("models") if readme.is_file() else None
+    return models[0] if models else None
 
 
 def model_id() -> str:
-    """`MODA_MODEL`, else the model this Space's README links to."""
-    if os.environ.get("MODA_MODEL"):
-        return os.environ["MODA_MODEL"]
-    readme = HERE / "README.md"
-    models = (metadata_load(readme) or {}).get("models") if readme.is_file() else None
-    if not models:
+    """`MODA_MODEL`, else the published model. Loading runs the model repo's code, so a Hub repo other than the
+    published one needs `MODA_TRUST_REMOTE_CODE=1`: SystemExit otherwise."""
+    published = published_model()
+    chosen = os.environ.get("MODA_MODEL") or published
+    if not chosen:
         raise SystemExit("Set MODA_MODEL to a MODA checkpoint folder or Hub id (e.g. MODA_MODEL=user/moda).")
-    return models[0]
+    if chosen != published and not Path(chosen).is_dir() and os.environ.get(TRUST_REMOTE_CODE) != "1":
+        raise SystemExit(
+            f"MODA_MODEL={chosen} is not the model this Space was published for ({published or 'none'}) nor a "
+            f"local folder. Loading it runs that Hub repo's Python code: set {TRUST_REMOTE_CODE}=1 if you trust it."
+        )
+    return chosen
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A generation setting: the slider the UI shows, and the same limits for API calls, which skip the UI."""
+
+    name: str  # the endpoint's argument
+    label: str
+    minimum: float
+    maximum: float
+    default: float
+    step: float
+
+    def slider(self) -> gr.Slider:
+        return gr.Slider(self.minimum, self.maximum, value=self.default, step=self.step, label=self.label)
+
+    def check(self, value: object) -> float:
+        """`value` if the slider could have sent it (a number within its limits, whole when it steps by whole
+        numbers), else gr.Error naming the setting and its limits."""
+        whole = float(self.step).is_integer()
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not (number and self.minimum <= value <= self.maximum and (not whole or float(value).is_integer())):
+            kind = "a whole number" if whole else "a number"
+            raise gr.Error(
+                f"{self.name} must be {kind} from {self.minimum} to {self.maximum}, got {value!r}.",
+                print_exception=False,
+            )
+        return value
+
+
+SETTINGS = (
+    Setting("max_new_tokens", "Max new tokens", minimum=1, maximum=64, default=32, step=1),
+    Setting("num_beams", "Beams", minimum=1, maximum=5, default=1, step=1),
+    Setting("temperature", "Sampling temperature (0 = greedy)", minimum=0.0, maximum=1.5, default=0.0, step=0.05),
+)
+
+
+def checked_settings(*values: object) -> tuple[float, ...]:
+    """An endpoint's generation settings, each within its slider's limits (gr.Error otherwise)."""
+    return tuple(setting.check(value) for setting, value in zip(SETTINGS, values, strict=True))
 
 
 class Describer:
     """A loaded MODA: photos in, descriptions out.
 
-    Images are opened with the processor's `load_image` (`load_rgb_image`, from the checkpoint's own code), the loader every MODA entry
-    point uses: any mode, EXIF rotation, transparency on white, 16-bit and huge photos handled the same way.
+    Images are opened with the processor's `load_image` (`load_rgb_image`, from the checkpoint's own code), the
+    loader every MODA entry point uses: any mode, EXIF rotation, transparency on white, 16-bit and huge photos
+    handled the same way.
 
     `fast="int8"` (the default, `MODA_FAST`) runs `moda describe`'s CPU default through the model's own methods
     (`optimize_for_cpu`, `generate_fast`): int8 decoder, LM head limited to the caption vocabulary, and greedy
@@ -102,9 +161,11 @@ def took(seconds: float, count: int) -> str:
 def build_demo(describer: Describer, title: str = "MODA") -> gr.Blocks:
     """The UI and its two API endpoints, `/describe` (one image) and `/describe_batch` (several files)."""
 
+    # Both events run with preprocess=False: a bad upload reaches these functions (as the uploaded file's data)
+    # instead of failing inside gr.Image with an opaque error, and every setting is checked here against its
+    # slider, for API callers too. Gradio still checks each file is an upload.
     def describe(image: dict | None, max_new_tokens: float, num_beams: float, temperature: float) -> tuple[str, str]:
-        # The event runs with preprocess=False, so a bad upload reaches this function (as the uploaded file's
-        # data) instead of failing inside gr.Image with an opaque error; gradio still checks the path is an upload.
+        settings = checked_settings(max_new_tokens, num_beams, temperature)
         if not image or not image.get("path"):
             raise gr.Error("Upload, paste or pick a photo first.")
         try:
@@ -112,30 +173,32 @@ def build_demo(describer: Describer, title: str = "MODA") -> gr.Blocks:
         except ValueError as error:
             raise gr.Error(str(error), print_exception=False) from error
         start = time.perf_counter()
-        (text,) = describer([photo], max_new_tokens, num_beams, temperature)
+        (text,) = describer([photo], *settings)
         return text, took(time.perf_counter() - start, 1)
 
     def describe_batch(
-        files: list[str] | None, max_new_tokens: float, num_beams: float, temperature: float
+        files: list[dict] | None, max_new_tokens: float, num_beams: float, temperature: float
     ) -> tuple[list[tuple[str, str]], list[list[str]], str]:
+        settings = checked_settings(max_new_tokens, num_beams, temperature)
         if not files:
             raise gr.Error("Upload one or more photos first.")
         if len(files) > MAX_BATCH:
             raise gr.Error(f"Up to {MAX_BATCH} photos at a time, got {len(files)}.")
         readable, rows = [], []
-        for path in files:
+        for file in files:
+            name = file.get("orig_name") or Path(file["path"]).name
             try:
-                readable.append((path, describer.open(path, Path(path).name)))
+                readable.append((file["path"], name, describer.open(file["path"], name)))
             except ValueError as error:
                 gr.Warning(str(error))
-                rows.append([Path(path).name, f"skipped: {error}"])
+                rows.append([name, f"skipped: {error}"])
         if not readable:
             raise gr.Error("None of the files is an image MODA can read.")
         start = time.perf_counter()
-        texts = describer([photo for _, photo in readable], max_new_tokens, num_beams, temperature)
+        texts = describer([photo for _, _, photo in readable], *settings)
         seconds = time.perf_counter() - start
-        rows = [[Path(path).name, text] for (path, _), text in zip(readable, texts)] + rows
-        return [(path, text) for (path, _), text in zip(readable, texts)], rows, took(seconds, len(readable))
+        rows = [[name, text] for (_, name, _), text in zip(readable, texts)] + rows
+        return [(path, text) for (path, _, _), text in zip(readable, texts)], rows, took(seconds, len(readable))
 
     with gr.Blocks(title=title) as demo:
         gr.Markdown(
@@ -146,10 +209,7 @@ def build_demo(describer: Describer, title: str = "MODA") -> gr.Blocks:
         )
         with gr.Accordion("Generation settings", open=False):
             with gr.Row():
-                max_new_tokens = gr.Slider(1, 64, value=32, step=1, label="Max new tokens")
-                num_beams = gr.Slider(1, 5, value=1, step=1, label="Beams")
-                temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Sampling temperature (0 = greedy)")
-        settings = [max_new_tokens, num_beams, temperature]
+                settings = [setting.slider() for setting in SETTINGS]
 
         with gr.Tab("One photo"):
             with gr.Row():
@@ -188,6 +248,7 @@ def build_demo(describer: Describer, title: str = "MODA") -> gr.Blocks:
             [files, *settings],
             [gallery, table, batch_timing],
             api_name="describe_batch",
+            preprocess=False,
             concurrency_limit=CONCURRENCY_LIMIT,
             concurrency_id="generate",
         )

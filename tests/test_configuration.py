@@ -1,5 +1,7 @@
 """MODAConfig: defaults are the real MODA, sub-configs accept dicts, serialization round-trips, bad values fail."""
 
+import json
+
 import pytest
 import torch
 from transformers import AutoConfig, CLIPVisionConfig, OPTConfig, SiglipVisionConfig
@@ -67,10 +69,33 @@ def test_patch_features_count_class_token_for_clip_only():
     "kwargs, message",
     [
         ({"image_features": "mean"}, "image_features"),
-        ({"projector_hidden_size": 0}, "projector_hidden_size"),
-        ({"image_token_id": 64}, "image_token_id"),
+        ({"projector_hidden_size": 0}, "projector_hidden_size must be a positive integer"),
+        ({"projector_hidden_size": 24.5}, "projector_hidden_size must be a positive integer, got 24.5"),
+        ({"projector_hidden_size": "24"}, "projector_hidden_size must be a positive integer, got '24'"),
+        ({"projector_hidden_act": "gleu"}, "projector_hidden_act must be one of .*got 'gleu'"),
+        ({"image_token_id": 64}, "image_token_id 64 is outside"),
+        ({"image_token_id": "60"}, "image_token_id must be an integer token id, got '60'"),
+        ({"image_token_id": 1}, "image_token_id 1 is the text model's pad_token_id"),
+        ({"image_token_id": 2}, "image_token_id 2 is the text model's bos_token_id"),
+        ({"text_config": {**TINY_TEXT, "hidden_size": -16}}, "text_config.hidden_size must be a positive integer"),
+        ({"text_config": {**TINY_TEXT, "eos_token_id": 60}}, "image_token_id 60 is the text model's eos_token_id"),
+        ({"vision_config": {**TINY_VISION, "patch_size": 0}}, "vision_config.patch_size must be a positive integer"),
     ],
 )
-def test_bad_values_name_the_problem(kwargs, message):
-    with pytest.raises((ValueError, TypeError), match=message):
-        MODAConfig(vision_config=TINY_VISION, text_config=TINY_TEXT, **{"image_token_id": 60, **kwargs})
+def test_bad_values_fail_when_the_config_is_made_naming_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MODAConfig(**{"vision_config": TINY_VISION, "text_config": TINY_TEXT, "image_token_id": 60, **kwargs})
+
+
+def test_bad_config_json_fails_when_read(tmp_path):
+    MODAConfig(vision_config=TINY_VISION, text_config=TINY_TEXT, image_token_id=60).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "image_token_id": 1}))
+    with pytest.raises(ValueError, match="image_token_id 1 is the text model's pad_token_id"):
+        AutoConfig.from_pretrained(tmp_path)
+
+
+def test_config_json_saved_before_the_layout_still_loads(checkpoint_before_layout):
+    config = AutoConfig.from_pretrained(checkpoint_before_layout)
+    assert isinstance(config, MODAConfig)
+    assert (config.image_token_id, config.projector_hidden_size, config.text_config.vocab_size) == (300, 3072, 308)

@@ -53,26 +53,40 @@ BENCHMARK = {
 }
 
 
+# As Trainer writes it into checkpoint-10/: losses logged every 5 steps, evaluated every 5.
+TRAINER_STATE = {
+    "global_step": 10,
+    "log_history": [
+        {"loss": 3.0, "grad_norm": 1.5, "learning_rate": 0.001, "epoch": 0.5, "step": 5},
+        {"eval_loss": 2.9, "eval_runtime": 1.0, "epoch": 0.5, "step": 5},
+        {"loss": 2.5, "grad_norm": 1.25, "learning_rate": 0.001, "epoch": 1.0, "step": 10},
+        {"eval_loss": 2.4, "eval_runtime": 1.0, "epoch": 1.0, "step": 10},
+    ],
+}
+
+
 @pytest.fixture(scope="module")
 def run_folder(tiny_checkpoint, tmp_path_factory) -> Path:
-    """A training output: checkpoint-N/ (with Trainer leftovers) beside the run's metrics, curve and benchmark."""
-    run = tmp_path_factory.mktemp("run")
-    checkpoint = shutil.copytree(tiny_checkpoint, run / "checkpoint-10")
-    (checkpoint / "optimizer.pt").write_bytes(b"optimizer state: never uploaded")
-    (checkpoint / "trainer_state.json").write_text("{}")
-    (checkpoint / "caption_vocabulary.json").write_text(json.dumps({"token_ids": [2, 5, 7]}))
-    (checkpoint / "caption_drafts.json").write_text(json.dumps({"context_tokens": 1, "next_token": [[2, 5], [5, 7]]}))
+    """A train_hf.py output folder: the final model beside the run's files (metrics, curve, samples, caption
+    vocabulary and drafts, a benchmark), and an intermediate checkpoint-10/ with Trainer leftovers."""
+    run = shutil.copytree(tiny_checkpoint, tmp_path_factory.mktemp("run") / "run")
+    (run / "caption_vocabulary.json").write_text(json.dumps({"token_ids": [2, 5, 7]}))
+    (run / "caption_drafts.json").write_text(json.dumps({"context_tokens": 1, "next_token": [[2, 5], [5, 7]]}))
     (run / "metrics.json").write_text(json.dumps(METRICS))
+    (run / "samples.jsonl").write_text("{}\n")
+    (run / "training_args.json").write_text("{}")
     Image.new("RGB", (8, 8), "white").save(run / "loss_curve.png")
     (run / "inference_cpu.json").write_text(json.dumps(BENCHMARK))
+    checkpoint = shutil.copytree(tiny_checkpoint, run / "checkpoint-10")
+    (checkpoint / "optimizer.pt").write_bytes(b"optimizer state: never uploaded")
+    (checkpoint / "trainer_state.json").write_text(json.dumps(TRAINER_STATE))
     return run
 
 
 @pytest.fixture(scope="module")
 def staged(run_folder, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("staged") / "out"
-    checkpoint = str(run_folder / "checkpoint-10")
-    args = [checkpoint, "--repo-id", "u/moda", "--space-id", "u/moda-space", "--dataset", "u/moda-descriptions"]
+    args = [str(run_folder), "--repo-id", "u/moda", "--space-id", "u/moda-space", "--dataset", "u/moda-descriptions"]
     assert push_to_hub.main([*args, "--benchmark", str(run_folder / "inference_cpu.json"), "--dry-run", str(out)]) == 0
     return out
 
@@ -123,14 +137,30 @@ def test_card_without_run_files_has_no_results_sections():
 def test_metrics_sections_and_flat_trainer_files(tmp_path):
     checkpoint = tmp_path / "checkpoint-1"
     checkpoint.mkdir()
-    (tmp_path / "metrics.json").write_text(json.dumps({"validation": {"eval_bleu": 0.1, "note": "x"}, "ok": True}))
+    (checkpoint / "metrics.json").write_text(json.dumps({"validation": {"eval_bleu": 0.1, "note": "x"}, "ok": True}))
     assert read_metrics(checkpoint) == {"validation": {"eval_bleu": 0.1}}
     assert evaluation_scores(read_metrics(checkpoint)) == ("validation", {"bleu": 0.1})
 
     flat = {"eval_bleu": 0.3, "eval_runtime": 2.0, "train_loss": 1.0, "epoch": 1}
-    (checkpoint / "metrics.json").write_text(json.dumps(flat))  # the checkpoint's own file wins
+    (checkpoint / "metrics.json").write_text(json.dumps(flat))
     assert read_metrics(checkpoint) == {"results": flat}
     assert evaluation_scores(read_metrics(checkpoint)) == (None, {"bleu": 0.3})
+
+
+def test_intermediate_checkpoint_card_has_its_own_results_not_the_final_models(run_folder, tmp_path):
+    """checkpoint-10/ sits beside the final model's metrics.json and loss_curve.png: its card reports its own
+    trainer_state.json (the logs up to step 10) and draws its own curve."""
+    out = push_to_hub.stage_model(run_folder / "checkpoint-10", tmp_path / "model", "u/moda", benchmarks=[])
+    assert {"optimizer.pt", "trainer_state.json", "caption_vocabulary.json"}.isdisjoint(p.name for p in out.iterdir())
+    card = ModelCard.load(out / "README.md")
+    assert [(result.metric_type, result.metric_value, result.dataset_split) for result in card.data.eval_results] == [
+        ("loss", 2.4, "validation")
+    ]
+    assert "| train | loss | 2.5 |" in card.text and "| validation | step | 10 |" in card.text
+    assert "| test |" not in card.text and "| rows |" not in card.text  # the final model's results
+    assert "![Training and evaluation loss](loss_curve.png)" in card.text
+    curve = Image.open(out / "loss_curve.png")
+    assert curve.format == "PNG" and curve.size != Image.open(run_folder / "loss_curve.png").size
 
 
 def test_staged_model_loads_in_a_clean_process_and_generates_like_the_original(staged, tiny_model, tiny_processor):
@@ -188,7 +218,7 @@ def test_upload_creates_repos_then_uploads_model_and_space(staged):
 def test_main_uploads_what_a_dry_run_stages(run_folder, staged, monkeypatch, capsys):
     monkeypatch.setattr(push_to_hub, "check_loads_in_clean_process", lambda folder: "checked")
     api = FakeHubApi()
-    assert push_to_hub.main([str(run_folder / "checkpoint-10"), "--repo-id", "u/moda", "--space-id", "u/s"], api) == 0
+    assert push_to_hub.main([str(run_folder), "--repo-id", "u/moda", "--space-id", "u/s"], api) == 0
     assert api.uploaded == {
         "u/moda": {path.name for path in (staged / "model").iterdir()},
         "u/s": {path.name for path in (staged / "space").iterdir()},
@@ -204,13 +234,26 @@ def test_model_only_upload_makes_no_space(staged):
 
 def test_rejects_bad_arguments(run_folder, tmp_path):
     with pytest.raises(SystemExit, match="USER/NAME"):
-        push_to_hub.main([str(run_folder / "checkpoint-10"), "--repo-id", "not a repo id"])
-    with pytest.raises(ValueError, match="not a MODA checkpoint"):
+        push_to_hub.main([str(run_folder), "--repo-id", "not a repo id"])
+    with pytest.raises(SystemExit, match="not a MODA checkpoint"):
         push_to_hub.main([str(tmp_path), "--repo-id", "u/moda", "--dry-run", str(tmp_path / "out")])
     (tmp_path / "adapter_config.json").write_text("{}")
-    with pytest.raises(ValueError, match="LoRA adapter"):
+    with pytest.raises(SystemExit, match="LoRA adapter"):
         push_to_hub.main([str(tmp_path), "--repo-id", "u/moda", "--dry-run", str(tmp_path / "out")])
     (tmp_path / "full" / "model").mkdir(parents=True)
     (tmp_path / "full" / "model" / "old.txt").write_text("old")
-    with pytest.raises(ValueError, match="not empty"):
-        push_to_hub.main([str(run_folder / "checkpoint-10"), "--repo-id", "u/m", "--dry-run", str(tmp_path / "full")])
+    with pytest.raises(SystemExit, match="not empty"):
+        push_to_hub.main([str(run_folder), "--repo-id", "u/m", "--dry-run", str(tmp_path / "full")])
+
+
+def test_refuses_weights_that_are_not_the_moda_the_folder_claims(tiny_checkpoint, tiny_backbones, tmp_path):
+    """Another model's folder, or a MODA config beside another model's weights, is refused before anything is
+    staged (publishing either would upload an untrained MODA)."""
+    opt = tiny_backbones[1]
+    with pytest.raises(SystemExit, match="its config.json has model_type 'opt', not 'moda'"):
+        push_to_hub.main([str(opt), "--repo-id", "u/moda", "--dry-run", str(tmp_path / "opt")])
+    other_weights = shutil.copytree(tiny_checkpoint, tmp_path / "other_weights")
+    shutil.copy(opt / "model.safetensors", other_weights / "model.safetensors")
+    with pytest.raises(SystemExit, match=r"weights are not this MODA's: \d+ missing .*\d+ unexpected"):
+        push_to_hub.main([str(other_weights), "--repo-id", "u/moda", "--dry-run", str(tmp_path / "mixed")])
+    assert not (tmp_path / "opt").exists() and not (tmp_path / "mixed").exists()

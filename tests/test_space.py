@@ -7,9 +7,11 @@ import contextlib
 import importlib.util
 import io
 import os
+import re
 import socket
 import struct
 import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -135,9 +137,10 @@ def test_generation_settings_reach_generate(client, tiny_model, tiny_processor, 
 
 
 def test_batch_describes_good_files_and_reports_bad_ones(client, tiny_model, tiny_processor, photo_files, tmp_path):
-    bad = tmp_path / "notes.png"
+    bad, not_an_image_name = tmp_path / "notes.png", tmp_path / "notes.txt"
     bad.write_text("not a photo")
-    files = [handle_file(str(photo_files[0])), handle_file(str(bad)), handle_file(str(photo_files[2]))]
+    not_an_image_name.write_text("not a photo either")
+    files = [handle_file(str(path)) for path in (photo_files[0], bad, not_an_image_name, photo_files[2])]
     gallery, table, took = client.predict(files, 32, 1, 0.0, api_name="/describe_batch")
 
     expected = generate(tiny_model, tiny_processor, [photo_files[0], photo_files[2]], max_new_tokens=32)
@@ -145,6 +148,7 @@ def test_batch_describes_good_files_and_reports_bad_ones(client, tiny_model, tin
     rows = {name: text for name, text in table["data"]}
     assert rows["photo_0.png"] == expected[0] and rows["photo_2.png"] == expected[1]
     assert rows["notes.png"].startswith("skipped: notes.png is not an image")
+    assert rows["notes.txt"].startswith("skipped: notes.txt is not an image")
     assert took.startswith("Described 2 images in ")
 
 
@@ -169,6 +173,26 @@ def test_bad_uploads_give_errors_and_the_app_keeps_serving(client, tiny_model, t
     assert description == generate(tiny_model, tiny_processor, photo_files[1:2], max_new_tokens=32)[0]
 
 
+def test_api_settings_outside_the_sliders_are_refused_naming_the_setting(client, photo_files, tiny_model,
+                                                                         tiny_processor):
+    """API calls skip the UI's sliders: both endpoints check every setting against them, with a clear error."""
+    photo = handle_file(str(photo_files[0]))
+    for endpoint, settings, message in [
+        ("/describe", (200, 1, 0.0), "max_new_tokens must be a whole number from 1 to 64, got 200."),
+        ("/describe", (100000, 1, 0.0), "max_new_tokens must be a whole number from 1 to 64, got 100000."),
+        ("/describe", ("32", 1, 0.0), "max_new_tokens must be a whole number from 1 to 64, got '32'."),
+        ("/describe", (32, 0, 0.0), "num_beams must be a whole number from 1 to 5, got 0."),
+        ("/describe", (32, 2.5, 0.0), "num_beams must be a whole number from 1 to 5, got 2.5."),
+        ("/describe", (32, 1, None), "temperature must be a number from 0.0 to 1.5, got None."),
+        ("/describe_batch", (32, 200, 0.0), "num_beams must be a whole number from 1 to 5, got 200."),
+        ("/describe_batch", (32, 1, -0.5), "temperature must be a number from 0.0 to 1.5, got -0.5."),
+    ]:
+        with pytest.raises(AppError, match=re.escape(message)):
+            client.predict([photo] if endpoint == "/describe_batch" else photo, *settings, api_name=endpoint)
+    description, _ = client.predict(photo, 5.0, 2, 0.0, api_name="/describe")  # whole floats are whole numbers
+    assert description == generate(tiny_model, tiny_processor, photo_files[:1], max_new_tokens=5, num_beams=2)[0]
+
+
 def test_upload_limit_is_enforced_by_the_server(space_url, tmp_path):
     """max_file_size is checked by the server too, not only by well-behaved clients."""
     response = httpx.post(
@@ -180,16 +204,26 @@ def test_upload_limit_is_enforced_by_the_server(space_url, tmp_path):
 def load_app(folder: Path):
     spec = importlib.util.spec_from_file_location("moda_space_app", folder / "app.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would: the app's dataclass looks its module up there
     spec.loader.exec_module(module)
     return module
 
 
-def test_model_defaults_to_the_model_repo_the_staged_space_links(tmp_path, monkeypatch):
+def test_model_defaults_to_the_published_repo_and_other_hub_code_needs_consent(tmp_path, monkeypatch):
+    """The published repo and local folders load; another Hub repo's code runs only with MODA_TRUST_REMOTE_CODE=1."""
     staged = load_app(stage_space(tmp_path / "space", "someone/moda"))
     monkeypatch.delenv("MODA_MODEL", raising=False)
+    monkeypatch.delenv("MODA_TRUST_REMOTE_CODE", raising=False)
     assert staged.model_id() == "someone/moda"
-    monkeypatch.setenv("MODA_MODEL", "/models/moda")
-    assert staged.model_id() == "/models/moda"
+    for trusted in ("someone/moda", str(tmp_path)):
+        monkeypatch.setenv("MODA_MODEL", trusted)
+        assert staged.model_id() == trusted
+    monkeypatch.setenv("MODA_MODEL", "stranger/moda")
+    with pytest.raises(SystemExit, match=r"not the model this Space was published for \(someone/moda\).*"
+                                         r"MODA_TRUST_REMOTE_CODE=1"):
+        staged.model_id()
+    monkeypatch.setenv("MODA_TRUST_REMOTE_CODE", "1")
+    assert staged.model_id() == "stranger/moda"
 
     monkeypatch.delenv("MODA_MODEL")
     with pytest.raises(SystemExit, match="Set MODA_MODEL"):
