@@ -27,7 +27,15 @@ from pathlib import Path
 import datasets
 import torch
 from tqdm.auto import tqdm
-from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import (
+    HfArgumentParser,
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+    set_seed,
+)
 from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import logging
 
@@ -160,8 +168,31 @@ DEMO_SIZES = {
 }
 
 
+class SaveAtEpochEnd(TrainerCallback):
+    """Saves a step checkpoint that falls on an epoch's last step at the end of that epoch, after its logging and
+    evaluation. Trainer saves it before them, so a run resumed from it would skip that evaluation and loss log and
+    restore the random state from before the evaluation (whose dataloader draws from torch's generator): its dropout
+    would differ from the uninterrupted run's from the next step on (docs/training.md, "Resuming")."""
+
+    def __init__(self):
+        self.deferred = False
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if control.should_save and float(state.epoch).is_integer():
+            control.should_save, self.deferred = False, True
+
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
+        if self.deferred:
+            control.should_save, self.deferred = True, False
+
+
 class MODATrainer(Trainer):
-    """Trainer with the seed's StepLR schedule (stepped per optimizer update, so it resumes exactly)."""
+    """Trainer with the seed's StepLR schedule (stepped per optimizer update, so it resumes exactly) and step
+    checkpoints at an epoch's end saved after that epoch's evaluation (`SaveAtEpochEnd`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_callback(SaveAtEpochEnd)
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         if self.args.lr_step_epochs <= 0 or self.lr_scheduler is not None:

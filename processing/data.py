@@ -10,13 +10,22 @@ Sources (`load_fashion_dataset`):
 - an ``imagefolder`` with ``metadata.csv`` / ``metadata.jsonl``;
 - a `save_to_disk` folder (e.g. `moda.distill`'s output);
 - a Hub dataset id.
+
+The steps that read the images (`drop_unusable`'s check, the feature cache) cache their results in `datasets` cache
+files, one block of rows at a time (`map_images`), keyed on each image's `image_stamp` (path, size and modification
+time; embedded bytes by their hash): datasets' own fingerprint covers the catalogue table, not the files its paths
+name. A photo replaced or corrupted in place is read again, with its block; unchanged blocks are read back.
 """
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import io
 import math
+import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +33,7 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
+from datasets.fingerprint import Hasher
 from PIL import Image
 from transformers.utils import logging
 
@@ -41,6 +51,8 @@ KAGGLE_COLUMNS = (
     "ProductId", "Gender", "Category", "SubCategory", "ProductType", "Colour", "Usage", "ProductTitle", "Image",
     "ImageURL",
 )  # fmt: skip
+# Rows per cached block of image work: replacing one photo re-reads (and re-embeds) this many rows, not all of them.
+IMAGE_BLOCK_ROWS = 4096
 
 
 def load_fashion_dataset(source: str | Path, max_samples: int | None = None) -> datasets.Dataset:
@@ -135,9 +147,7 @@ def _standard_columns(dataset: datasets.Dataset, source: str) -> datasets.Datase
     if text_column is not None and text_column != "description":
         dataset = dataset.rename_column(text_column, "description")
     if set(METADATA_COLUMNS) <= set(dataset.column_names):
-        dataset = dataset.map(
-            _fill_description, with_indices=True, fn_kwargs={"source": source}, desc="Captions from metadata"
-        )
+        dataset = dataset.map(_fill_description, desc="Captions from metadata")
     return dataset
 
 
@@ -163,9 +173,12 @@ def caption_from_metadata(row: dict, where: str = "a row") -> str:
     return f"{caption}, made for {usage.lower()} wear." if usage else f"{caption}."
 
 
-def _fill_description(row: dict, index: int, source: str) -> dict:
-    """The row's own description, else one built from its metadata; `source` and the 1-based row name it in errors."""
-    description = cell_text(row.get("description")) or caption_from_metadata(row, f"{source} row {index + 1}")
+def _fill_description(row: dict) -> dict:
+    """The row's own description, else one built from its metadata; without a ProductType it stays empty, and
+    `drop_unusable` drops and counts the row (an empty trailing CSV row must not stop a run)."""
+    description = cell_text(row.get("description"))
+    if not description and cell_text(row.get("ProductType")):
+        description = caption_from_metadata(row)
     return {"description": description}
 
 
@@ -185,30 +198,95 @@ def open_image(value: Any) -> Image.Image:
     return load_rgb_image(value, name=str(value) if not isinstance(value, Image.Image) else "image")
 
 
-def _problem(row: dict) -> dict:
-    """Why a row cannot be trained on ("" if it can): checked once, up front, so no epoch meets a bad image."""
-    if row["description"] is None or not str(row["description"]).strip():
-        return {"problem": "empty description"}
-    if row["image"] is None or not (row["image"].get("path") or row["image"].get("bytes")):
+def image_stamp(cell: dict | None) -> str:
+    """What identifies an ``image`` cell's picture without decoding it: embedded bytes by their hash, a file by its
+    path, size and modification time (a missing file by its path)."""
+    if not cell:
+        return ""
+    if cell.get("bytes"):
+        return hashlib.sha256(cell["bytes"]).hexdigest()
+    path = cell.get("path") or ""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return f"{path}|missing"
+    return f"{path}|{status.st_size}|{status.st_mtime_ns}"
+
+
+def map_images(
+    dataset: datasets.Dataset,
+    function: Callable,
+    features: datasets.Features,
+    desc: str,
+    key: str = "",
+    block_rows: int = IMAGE_BLOCK_ROWS,
+    **map_kwargs: Any,
+) -> datasets.Dataset:
+    """`function`'s `features` for every row of `dataset`, from its ``image`` cell(s), in the rows' order.
+
+    Runs `Dataset.map` one block of `block_rows` rows at a time, each block's cache file named by the function, `key`
+    (whatever else the result depends on, e.g. the vision weights) and the block's image stamps; `map_kwargs` go to
+    `Dataset.map` (batched=True passes a list of cells).
+    """
+    blocks = []
+    for start in range(0, len(dataset), block_rows):
+        block = dataset.select_columns("image").select(range(start, min(start + block_rows, len(dataset))))
+        stamps = [image_stamp(cell) for cell in block["image"]]
+        blocks.append(
+            block.map(
+                function,
+                input_columns="image",
+                remove_columns="image",
+                features=features,
+                new_fingerprint=Hasher.hash([function, key, stamps]),
+                desc=f"{desc} (rows {start + 1}-{start + len(block)} of {len(dataset)})",
+                **map_kwargs,
+            )
+        )
+    return datasets.concatenate_datasets(blocks)
+
+
+def _image_problem(cell: dict | None) -> dict:
+    """Why a row's image cannot be trained on ("" if it can): checked once, up front, so no epoch meets a bad one."""
+    if cell is None or not (cell.get("path") or cell.get("bytes")):
         return {"problem": "no image"}
     try:
-        open_image(row["image"])
+        open_image(cell)
     except ValueError:
         return {"problem": "missing or unreadable image"}
     return {"problem": ""}
 
 
-def drop_unusable(dataset: datasets.Dataset) -> datasets.Dataset:
-    """Removes rows with an empty description or a missing/corrupt image, warning with counts per reason."""
-    checked = dataset.map(_problem, desc="Checking images and descriptions")
-    counts = Counter(problem for problem in checked["problem"] if problem)
+def drop_unusable(dataset: datasets.Dataset, block_rows: int = IMAGE_BLOCK_ROWS) -> datasets.Dataset:
+    """Removes the rows that cannot be trained on, warning with counts per reason: an empty description (with the
+    catalogue columns: no description and no ProductType to build one from), a missing or corrupt image, and a
+    ProductId that an earlier usable row already has (the same product twice could land in both train and test)."""
+    if len(dataset) == 0:
+        raise ValueError("the dataset has no rows")
+    with_metadata = set(METADATA_COLUMNS) <= set(dataset.column_names)
+    no_description = "no description and no ProductType" if with_metadata else "empty description"
+    features = datasets.Features(problem=datasets.Value("string"))
+    image_problems = map_images(dataset, _image_problem, features, "Checking images", block_rows=block_rows)
+    problems = [
+        image_problem if cell_text(description) else no_description
+        for description, image_problem in zip(dataset["description"], image_problems["problem"])
+    ]
+    if "ProductId" in dataset.column_names:
+        seen = set()
+        for index, product_id in enumerate(map(cell_text, dataset["ProductId"])):
+            if problems[index] or not product_id:
+                continue
+            if product_id in seen:
+                problems[index] = "duplicate ProductId"
+            seen.add(product_id)
+    counts = Counter(problem for problem in problems if problem)
     if counts:
         details = ", ".join(f"{count} {reason}" for reason, count in counts.most_common())
         logger.warning(f"Skipping {sum(counts.values())} of {len(dataset)} rows: {details}")
-    kept = checked.filter(lambda problem: problem == "", input_columns="problem", desc="Dropping unusable rows")
-    if len(kept) == 0:
+    kept = [index for index, problem in enumerate(problems) if not problem]
+    if not kept:
         raise ValueError(f"no usable rows left out of {len(dataset)} ({dict(counts)}); check the image paths")
-    return kept.remove_columns("problem")
+    return dataset.select(kept)
 
 
 def parse_holdout(spec: str | None) -> list[dict[str, str]]:
@@ -224,8 +302,30 @@ def parse_holdout(spec: str | None) -> list[dict[str, str]]:
     return combinations
 
 
-def _mark_held(row: dict, combinations: list[dict[str, str]]) -> dict:
-    return {"_held": any(all(str(row[key]) == value for key, value in c.items()) for c in combinations)}
+def _held_out(dataset: datasets.Dataset, combinations: list[dict[str, str]]) -> list[bool]:
+    """Whether each row matches one of `combinations`; one that matches no row (a misspelt value, say) is an error."""
+    values = {key: [cell_text(cell) for cell in dataset[key]] for combination in combinations for key in combination}
+    held = [False] * len(dataset)
+    for combination in combinations:
+        matches = [all(values[key][row] == value for key, value in combination.items()) for row in range(len(dataset))]
+        if not any(matches):
+            raise _holdout_error(combination, values)
+        held = [before or now for before, now in zip(held, matches)]
+    return held
+
+
+def _holdout_error(combination: dict[str, str], values: dict[str, list[str]], shown: int = 40) -> ValueError:
+    """Names each value of `combination` that no row has, with the nearest spelling and the values that exist."""
+    problems = []
+    for key, value in combination.items():
+        existing = sorted(set(values[key]) - {""})
+        if value not in existing:
+            nearest = difflib.get_close_matches(value, existing, n=1)
+            hint = f" (did you mean {nearest[0]!r}?)" if nearest else ""
+            listed = ", ".join(existing[:shown]) + (f", ... ({len(existing)} in all)" if len(existing) > shown else "")
+            problems.append(f"{key} has no value {value!r}{hint}; its values are {listed}")
+    spec = ",".join(f"{key}={value}" for key, value in combination.items())
+    return ValueError(f"holdout {spec!r} matches no row: {'; '.join(problems) or 'no row has all of these values'}")
 
 
 def split_dataset(
@@ -238,7 +338,8 @@ def split_dataset(
     """Seeded train / validation / test split; the test split is only scored at the end, never used to pick a model.
 
     ``holdout`` (see `parse_holdout`) moves every row of the given attribute combinations (e.g. every red dress)
-    into a separate ``holdout`` split that training never sees: a test of generalization to new combinations.
+    into a separate ``holdout`` split that training never sees: a test of generalization to new combinations. A
+    combination that matches no row is a ValueError naming the values that exist.
     """
     splits = {}
     combinations = parse_holdout(holdout)
@@ -246,9 +347,9 @@ def split_dataset(
         missing = {key for combination in combinations for key in combination} - set(dataset.column_names)
         if missing:
             raise ValueError(f"holdout names columns the dataset lacks: {sorted(missing)}")
-        is_held = dataset.map(_mark_held, fn_kwargs={"combinations": combinations}, desc="Marking held-out rows")
-        splits["holdout"] = is_held.filter(lambda held: held, input_columns="_held").remove_columns("_held")
-        dataset = is_held.filter(lambda held: not held, input_columns="_held").remove_columns("_held")
+        held = _held_out(dataset, combinations)
+        splits["holdout"] = dataset.select([row for row, is_held in enumerate(held) if is_held])
+        dataset = dataset.select([row for row, is_held in enumerate(held) if not is_held])
         logger.warning(f"Holding out {len(splits['holdout'])} rows of {combinations} for the generalization test")
     if not (0 < validation_size < 1 and 0 < test_size < 1 and validation_size + test_size < 1):
         raise ValueError(
@@ -291,7 +392,9 @@ __all__ = [
     "caption_from_metadata",
     "cell_text",
     "drop_unusable",
+    "image_stamp",
     "load_fashion_dataset",
+    "map_images",
     "open_image",
     "parse_holdout",
     "split_dataset",

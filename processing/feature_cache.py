@@ -2,8 +2,9 @@
 
 While the vision tower is frozen and images are not augmented, its output for an image never changes. The seed
 recomputed FashionCLIP every epoch; here `add_image_embeds` stores ``model.get_image_embeds`` as an
-``image_embeds`` column with `datasets.map`. Its fingerprint is the dataset's plus a hash of the vision weights and
-image preprocessing, so datasets' cache files are reused across runs and invalidated when either changes.
+``image_embeds`` column, computed with `processing.data.map_images`: datasets cache files, one per block of rows,
+named by the rows' image files (path, size, modification time) and a hash of the vision weights and image
+preprocessing. A second run reads them back; a replaced photo re-embeds its block, new weights everything.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import datasets
 import numpy as np
 import torch
 
-from .data import open_image
+from .data import IMAGE_BLOCK_ROWS, map_images, open_image
 from .processing_moda import MODAProcessor
 
 
@@ -31,34 +32,43 @@ def vision_fingerprint(model, processor: MODAProcessor) -> str:
 
 
 @torch.inference_mode()
-def _embed_batch(batch: dict, model, processor: MODAProcessor) -> dict:
-    images = [open_image(value) for value in batch["image"]]
-    pixel_values = processor.image_processor(images, return_tensors="pt")["pixel_values"].to(model.device)
-    embeds = model.get_image_embeds(pixel_values).to(torch.float32).cpu().numpy()
+def _embed_batch(images: list[dict], model, processor: MODAProcessor) -> dict:
+    pixel_values = processor.image_processor([open_image(image) for image in images], return_tensors="pt")
+    embeds = model.get_image_embeds(pixel_values["pixel_values"].to(model.device)).to(torch.float32).cpu().numpy()
     return {"image_embeds": list(embeds)}
 
 
 def add_image_embeds(
-    dataset: datasets.Dataset | datasets.DatasetDict, model, processor: MODAProcessor, batch_size: int = 64
+    dataset: datasets.Dataset | datasets.DatasetDict,
+    model,
+    processor: MODAProcessor,
+    batch_size: int = 64,
+    block_rows: int = IMAGE_BLOCK_ROWS,
 ) -> datasets.Dataset | datasets.DatasetDict:
-    """Adds an ``image_embeds`` column (num_image_tokens x vision_feature_size, float32) to every split."""
+    """Adds an ``image_embeds`` column (num_image_tokens x vision_feature_size, float32) to every split; each
+    `block_rows` rows share a cache file (`processing.data.map_images`)."""
     if isinstance(dataset, datasets.DatasetDict):
         return datasets.DatasetDict(
-            {name: add_image_embeds(split, model, processor, batch_size) for name, split in dataset.items()}
+            {
+                name: add_image_embeds(split, model, processor, batch_size, block_rows)
+                for name, split in dataset.items()
+            }
         )
-    model_key = vision_fingerprint(model, processor)
     shape = (model.config.num_image_tokens, model.config.vision_feature_size)
-    features = dataset.features.copy()
-    features["image_embeds"] = datasets.Array2D(shape=shape, dtype="float32")
-    return dataset.map(
+    embeds = map_images(
+        dataset,
         _embed_batch,
+        datasets.Features(image_embeds=datasets.Array2D(shape=shape, dtype="float32")),
+        "Caching image embeddings",
+        key=vision_fingerprint(model, processor),
+        block_rows=block_rows,
         batched=True,
         batch_size=batch_size,
         fn_kwargs={"model": model, "processor": processor},
-        features=features,
-        new_fingerprint=hashlib.sha256(f"{dataset._fingerprint}-{model_key}".encode()).hexdigest()[:16],
-        desc="Caching image embeddings",
     )
+    # A split is a view (an indices mapping) of its catalogue: written out once (and cached) so that the embeddings
+    # join it column by column; concatenate_datasets would otherwise rewrite the embeddings as well.
+    return datasets.concatenate_datasets([dataset.flatten_indices(), embeds], axis=1)
 
 
 def cached_embeds(rows: dict) -> torch.Tensor:

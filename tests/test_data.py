@@ -1,16 +1,16 @@
-"""Training data: every source layout, bad-row handling, seeded splits, the collator and the feature cache."""
+"""Training data: every source layout, bad-row handling, seeded splits and the collator."""
 
 import csv
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import datasets
 import pytest
 import torch
+from PIL import Image
 
-from modeling_moda import MODAForConditionalGeneration
-from processing import MODAProcessor
 from moda.demo.catalog import make_catalog
 from processing.data import MODACollator, caption_from_metadata, drop_unusable, load_fashion_dataset, split_dataset
 from processing.feature_cache import add_image_embeds
@@ -74,11 +74,38 @@ def test_captions_from_metadata_leave_out_empty_cells(catalogue, tmp_path):
     assert load_fashion_dataset(tmp_path / "kaggle")["description"] == [caption for _, caption in cases]
     nan_row = {"Colour": float("nan"), "Gender": None, "ProductType": "Dresses", "Usage": " "}  # e.g. from JSONL
     assert caption_from_metadata(nan_row) == "A dress."
+    with pytest.raises(ValueError, match="row 3 has no description and no ProductType"):
+        caption_from_metadata({**nan_row, "ProductType": ""}, "row 3")  # a caption that names no item teaches nothing
 
-    rows[2]["ProductType"] = ""  # required: without it the caption would name no item
-    _write_csv(tmp_path / "no_type" / "fashion.csv", rows)
-    with pytest.raises(ValueError, match="no_type row 3 has no description and no ProductType"):
-        load_fashion_dataset(tmp_path / "no_type")
+
+def test_rows_without_description_or_product_type_are_dropped_and_counted(catalogue, tmp_path, caplog):
+    """A row with neither (an empty trailing CSV row, say) is one more unusable row, not the end of the run."""
+    rows = _rows(catalogue / "fashion.csv")[:6]
+    rows[1].update(description="", ProductType="")
+    rows.append(dict.fromkeys(rows[0], ""))
+    for row in rows:
+        row["Image"] = str(catalogue / row["Image"]) if row["Image"] else ""
+    _write_csv(tmp_path / "kaggle" / "fashion.csv", rows)
+
+    with caplog.at_level(logging.WARNING):
+        dataset = drop_unusable(load_fashion_dataset(tmp_path / "kaggle"))
+    assert dataset["description"] == [row["description"] for index, row in enumerate(rows[:6]) if index != 1]
+    assert "Skipping 2 of 7 rows: 2 no description and no ProductType" in caplog.text
+
+
+def test_duplicate_product_ids_are_dropped_after_the_first_usable_row(catalogue, tmp_path, caplog):
+    """The same product twice could land in both train and test: later copies are dropped and counted."""
+    rows = _rows(catalogue / "fashion.csv")[:5]
+    for row in rows:
+        row["Image"] = str(catalogue / row["Image"])
+    unusable_copy = {**rows[3], "Image": str(tmp_path / "missing.jpg"), "description": "an unusable first copy"}
+    rows = [unusable_copy, *rows, {**rows[0], "description": "a second copy"}, {**rows[3], "description": "a third"}]
+    _write_csv(tmp_path / "duplicates.csv", rows)
+
+    with caplog.at_level(logging.WARNING):
+        dataset = drop_unusable(load_fashion_dataset(tmp_path / "duplicates.csv"))
+    assert dataset["description"] == [row["description"] for row in rows[1:6]]
+    assert "Skipping 3 of 8 rows: 2 duplicate ProductId, 1 missing or unreadable image" in caplog.text
 
 
 def test_csv_jsonl_imagefolder_and_save_to_disk_sources(catalogue, tmp_path):
@@ -165,24 +192,38 @@ def test_collator_targets_and_cached_path_match(tiny_model, tiny_processor, cata
         assert torch.allclose(tiny_model(**batch).loss, tiny_model(**cached_batch).loss, atol=1e-5)
 
 
-def test_feature_cache_is_reused_and_follows_the_weights(tiny_backbones, catalogue):
-    model = MODAForConditionalGeneration.from_backbones(*tiny_backbones)
-    processor = MODAProcessor.from_backbones(*tiny_backbones)
-    dataset = load_fashion_dataset(catalogue).select(range(10))
-    calls = []
-    hook = model.vision_tower.register_forward_hook(lambda *args: calls.append(1))
-    try:
-        first = add_image_embeds(dataset, model, processor, batch_size=4)
-        assert len(calls) == 3
-        second = add_image_embeds(dataset, model, processor, batch_size=4)
-        assert len(calls) == 3  # read back from datasets' cache file
-        assert second["image_embeds"] == first["image_embeds"]
-        with torch.no_grad():
-            model.vision_tower.visual_projection.weight.mul_(2)
-        add_image_embeds(dataset, model, processor, batch_size=4)
-        assert len(calls) == 6  # new weights, new fingerprint
-    finally:
-        hook.remove()
+def test_the_usable_rows_check_reads_changed_images_again(catalogue, tmp_path, monkeypatch, caplog):
+    """The check's cache follows the image files, block by block: a photo corrupted in place is dropped, not
+    trusted, and only its block of rows is opened again."""
+    folder = shutil.copytree(catalogue, tmp_path / "catalogue")
+    assert len(drop_unusable(load_fashion_dataset(folder), block_rows=8)) == 40
+
+    opened = []
+    image_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda *args, **kwargs: opened.append(args[0]) or image_open(*args, **kwargs))
+    assert len(drop_unusable(load_fashion_dataset(folder), block_rows=8)) == 40
+    assert opened == []  # nothing changed: every block comes from the cache
+
+    corrupted = folder / _rows(folder / "fashion.csv")[10]["Image"]
+    corrupted.write_bytes(b"not a jpeg any more")
+    with caplog.at_level(logging.WARNING):
+        dataset = drop_unusable(load_fashion_dataset(folder), block_rows=8)
+    assert len(dataset) == 39 and str(corrupted) not in [cell["path"] for cell in dataset["image"]]
+    assert "Skipping 1 of 40 rows: 1 missing or unreadable image" in caplog.text
+    assert len(opened) == 8  # rows 8-15, the corrupted photo's block
+
+
+def test_holdout_that_matches_no_row_names_the_values_that_exist(catalogue):
+    dataset = load_fashion_dataset(catalogue)
+    colour, product_type = dataset[0]["Colour"], dataset[0]["ProductType"]
+    colours = sorted(set(dataset["Colour"]))
+    with pytest.raises(ValueError, match=f"holdout 'Colour={colour.lower()}' matches no row") as raised:
+        split_dataset(dataset, holdout=f"ProductType={product_type};Colour={colour.lower()}")
+    assert f"did you mean {colour!r}?" in str(raised.value) and ", ".join(colours) in str(raised.value)
+
+    absent = next(c for c in colours if (c, product_type) not in set(zip(dataset["Colour"], dataset["ProductType"])))
+    with pytest.raises(ValueError, match="no row has all of these values"):
+        split_dataset(dataset, holdout=f"Colour={absent},ProductType={product_type}")
 
 
 @pytest.mark.parametrize("validation_size, test_size", [(0.1, 1.0), (0.1, 0.0), (0.5, 0.5), (-0.1, 0.2)])

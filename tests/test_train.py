@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from moda.demo.catalog import make_catalog
 from modeling_moda.caption_drafts import load_caption_drafter
 from modeling_moda.caption_vocabulary import build_caption_vocabulary, load_caption_vocabulary
 from processing.data import load_fashion_dataset, open_image
+from processing.feature_cache import cached_embeds
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,6 +151,75 @@ def test_resume_continues_from_last_checkpoint(catalogue, tiny_backbones, tmp_pa
     state = json.loads((out / "checkpoint-5" / "trainer_state.json").read_text())
     assert state["global_step"] == 5
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4, 5]
+
+
+def test_resume_from_a_step_checkpoint_at_an_epoch_end_is_exact(catalogue, tiny_backbones, tmp_path):
+    """save_steps = steps per epoch (32 training rows / 8): the checkpoint must hold that epoch's evaluation and the
+    random state after it, so that the resumed run logs and trains exactly as the uninterrupted one."""
+    steps = ["--max_steps", "5", "--save_strategy", "steps", "--save_steps", "4", "--eval_strategy", "epoch",
+             "--logging_strategy", "steps", "--logging_steps", "1"]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    train_hf.main(_args(catalogue, tiny_backbones, whole, *steps))
+    shutil.copytree(whole / "checkpoint-4", resumed / "checkpoint-4")  # as if the run had stopped after it
+    train_hf.main(_args(catalogue, tiny_backbones, resumed, *steps))
+
+    def history(output_dir: Path) -> list[tuple[int, str, float]]:
+        log = json.loads((output_dir / "checkpoint-5" / "trainer_state.json").read_text())["log_history"]
+        return [(entry["step"], key, entry[key]) for entry in log for key in ("loss", "eval_loss") if key in entry]
+
+    expected = history(whole)
+    assert [(step, key) for step, key, _ in expected] == [
+        (1, "loss"), (2, "loss"), (3, "loss"), (4, "loss"), (4, "eval_loss"), (5, "loss")
+    ]
+    assert [(step, key) for step, key, _ in history(resumed)] == [(step, key) for step, key, _ in expected]
+    assert [value for *_, value in history(resumed)] == pytest.approx([value for *_, value in expected], abs=1e-6)
+    whole_model, resumed_model = (AutoModel.from_pretrained(out, trust_remote_code=True) for out in (whole, resumed))
+    for (name, trained), resumed_weight in zip(whole_model.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.allclose(trained, resumed_weight, atol=1e-6), name
+
+
+def test_the_next_run_reads_changed_images_again(tiny_backbones, tmp_path, monkeypatch):
+    """A photo replaced between two runs gets a new cached embedding (only its split is embedded again); a photo
+    corrupted between two runs is dropped, not trusted."""
+    catalogue = make_catalog(tmp_path / "catalogue", 20, seed=6, image_size=32).parent
+    runs = []  # per run: its splits and how many vision tower forwards preparing them took
+    prepare_data = train_hf.prepare_data
+
+    def prepare_and_count(data_args, training_args, model, processor, use_cache):
+        forwards = []
+        hook = model.vision_tower.register_forward_hook(lambda *args: forwards.append(1))
+        splits = prepare_data(data_args, training_args, model, processor, use_cache)
+        hook.remove()
+        runs.append((splits, len(forwards)))
+        return splits
+
+    monkeypatch.setattr(train_hf, "prepare_data", prepare_and_count)
+    train_hf.main(_args(catalogue, tiny_backbones, tmp_path / "first", "--max_steps", "1"))
+    first, forwards = runs[-1]
+    assert forwards == 3  # 16 + 2 + 2 rows: one batch per split
+    replaced, replacement = (Path(first["train"][index]["image"]["path"]) for index in (0, 1))
+    replaced.write_bytes(replacement.read_bytes())
+
+    train_hf.main(_args(catalogue, tiny_backbones, tmp_path / "second", "--max_steps", "1"))
+    second, forwards = runs[-1]
+    assert forwards == 1  # the training split again; validation and test from the cache
+    embeds = {name: (cached_embeds(first[name][:]), cached_embeds(second[name][:])) for name in first}
+    assert torch.equal(embeds["train"][1][0], embeds["train"][0][1])  # row 0 now shows row 1's item
+    assert not torch.equal(embeds["train"][1][0], embeds["train"][0][0])
+    assert torch.equal(embeds["train"][1][1:], embeds["train"][0][1:])
+    assert all(torch.equal(*embeds[name]) for name in ("validation", "test"))
+
+    replacement.write_bytes(replacement.read_bytes()[:100])  # a truncated JPEG
+    metrics = train_hf.main(_args(catalogue, tiny_backbones, tmp_path / "third", "--max_steps", "1"))
+    assert sum(metrics["rows"].values()) == 19
+
+
+def test_a_holdout_that_matches_no_row_stops_before_training(catalogue, tiny_backbones, tmp_path):
+    colour = load_fashion_dataset(catalogue)[0]["Colour"]
+    with pytest.raises(ValueError) as raised:
+        train_hf.main(_args(catalogue, tiny_backbones, tmp_path / "typo", "--holdout", f"Colour={colour.lower()}"))
+    assert f"holdout 'Colour={colour.lower()}' matches no row" in str(raised.value)
+    assert f"did you mean {colour!r}?" in str(raised.value)
 
 
 def test_accelerate_launch_two_cpu_processes(catalogue, tiny_backbones, tmp_path):
