@@ -3,8 +3,8 @@
     python train_hf.py --demo --output_dir outputs/demo                      # bundled catalogue, tiny MODA, CPU
     python train_hf.py --dataset data/fashion --vision_model patrickjohncyh/fashion-clip \\
         --text_model facebook/opt-125m --output_dir outputs/moda                # the seed's recipe
-    accelerate launch --multi_gpu --num_processes 2 train_hf.py ...            # data-parallel: 2 GPUs, or 2 CPU
-                                                                               # processes (gloo) on a CPU-only machine
+    accelerate launch --multi_gpu --num_processes 2 train_hf.py ...            # data-parallel (docs/training.md):
+                                                                               # 2 GPUs, or 2 CPU processes (gloo)
 
 The seed's recipe: AdamW lr 1e-3, StepLR (every 2 epochs x 0.8), 20 epochs, batch 32 x 8 accumulation steps,
 vision tower frozen, projector + LM trained. Fixed here: targets end with the real EOS (not a literal "<\\s>"),

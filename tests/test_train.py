@@ -4,11 +4,12 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -209,28 +210,31 @@ def test_documented_cpu_command_trains_two_processes_as_one_group(tiny_backbones
     assert max((weights[name] - single_weights[name]).abs().max().item() for name in weights) < 1e-3
 
 
-def _build_in_turn(rank: int, shared: Path, port: int) -> None:
-    """One of two processes that each play a machine of their own (LOCAL_RANK 0) sharing a disk (`shared`)."""
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
-    args = train_hf.MODATrainingArguments(output_dir=str(shared), bf16=False)
-    with args.main_process_first(desc="feature cache"):
-        with (shared / "log").open("a") as log:
-            log.write(f"start {args.process_index}\n")
-        time.sleep(1)  # a machine entering now, not after the main process, would write its start here
-        with (shared / "log").open("a") as log:
-            log.write(f"end {args.process_index}\n")
-    torch.distributed.destroy_process_group()
-
-
-def test_machines_sharing_a_disk_prepare_data_one_after_the_other(tmp_path):
+def test_machines_sharing_a_disk_prepare_data_one_after_the_other(tmp_path, monkeypatch):
     """Each machine's main process goes first on its own disk, but on a shared one only after the main process:
-    the second machine then reuses the feature cache instead of building the same files at the same time."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    torch.multiprocessing.spawn(_build_in_turn, args=(tmp_path, port), nprocs=2)
-    assert (tmp_path / "log").read_text().splitlines() == ["start 0", "end 0", "start 1", "end 1"]
+    the second machine then reuses the feature cache instead of building the same files at the same time.
+    Two threads play the main processes of two machines; a thread barrier stands in for the process group's."""
+    barrier = threading.Barrier(2, timeout=60)
+    monkeypatch.setattr(torch.distributed, "barrier", barrier.wait)
+    machines = [train_hf.MODATrainingArguments(output_dir=str(tmp_path), bf16=False) for _ in range(2)]
+    for rank, args in enumerate(machines):
+        args.distributed_state = SimpleNamespace(
+            num_processes=2, process_index=rank, is_main_process=rank == 0, is_local_main_process=True
+        )
+    log = []
+
+    def prepare(rank: int) -> None:
+        with machines[rank].main_process_first(desc="feature cache"):
+            log.append(f"start {rank}")
+            time.sleep(0.5)  # a machine entering now, not after the main process, would log its start here
+            log.append(f"end {rank}")
+
+    threads = [threading.Thread(target=prepare, args=(rank,)) for rank in (1, 0)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert log == ["start 0", "end 0", "start 1", "end 1"]
 
 
 def test_launched_processes_that_do_not_join_are_an_error(monkeypatch, tmp_path):

@@ -25,12 +25,14 @@ def run(argv: list[str]) -> dict:
     record = {"steps": [], "vision_forwards": 0}
 
     def count(module, args, output):
-        record["vision_forwards"] += isinstance(module, CLIPVisionModelWithProjection)
+        if isinstance(module, CLIPVisionModelWithProjection):
+            record["vision_forwards"] += 1
 
     original_step = train_hf.MODATrainer.training_step
 
     def training_step(self, model, inputs, *args, **kwargs):
-        record["steps"].append([hashlib.sha1(row.cpu().numpy().tobytes()).hexdigest() for row in inputs["image_embeds"]])
+        rows = inputs["image_embeds"].cpu().numpy()
+        record["steps"].append([hashlib.sha1(row.tobytes()).hexdigest() for row in rows])
         return original_step(self, model, inputs, *args, **kwargs)
 
     train_hf.MODATrainer.training_step = training_step
