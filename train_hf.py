@@ -3,7 +3,8 @@
     python train_hf.py --demo --output_dir outputs/demo                      # bundled catalogue, tiny MODA, CPU
     python train_hf.py --dataset data/fashion --vision_model patrickjohncyh/fashion-clip \\
         --text_model facebook/opt-125m --output_dir outputs/moda                # the seed's recipe
-    accelerate launch --cpu --num_processes 2 train_hf.py ...                  # data-parallel
+    accelerate launch --multi_gpu --num_processes 2 train_hf.py ...            # data-parallel (docs/training.md):
+                                                                               # 2 GPUs, or 2 CPU processes (gloo)
 
 The seed's recipe: AdamW lr 1e-3, StepLR (every 2 epochs x 0.8), 20 epochs, batch 32 x 8 accumulation steps,
 vision tower frozen, projector + LM trained. Fixed here: targets end with the real EOS (not a literal "<\\s>"),
@@ -17,6 +18,7 @@ trust_remote_code=True)`), loss_curve.png, metrics.json and samples.jsonl.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import datasets
 import torch
+from accelerate.utils import get_int_from_env
 from tqdm.auto import tqdm
 from transformers import (
     HfArgumentParser,
@@ -133,12 +136,47 @@ class MODATrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        accelerator = torch.accelerator.current_accelerator()
+        if launched_processes() > 1 and (accelerator is None or accelerator.type == "mps"):
+            # accelerate joins the launched processes of a machine without a GPU (over gloo) only in a CPU-only run;
+            # otherwise each would train alone as "process 0 of 1" (MPS has no process-group backend)
+            self.use_cpu = True
         if self.bf16 is None:  # the fastest safe choice for this machine
             on_gpu = torch.cuda.is_available() and not self.use_cpu
             self.bf16 = not self.fp16 and (torch.cuda.is_bf16_supported() if on_gpu else cpu_has_native_bf16())
             # transformers takes bf16 on a CPU only when told that the run is CPU-only
             self.use_cpu = self.use_cpu or (self.bf16 and not on_gpu)
         super().__post_init__()
+
+    @contextlib.contextmanager
+    def main_process_first(self, local: bool = True, desc: str = "work"):
+        """The main process first, then each other machine's main process (local=True), then the rest: files on a
+        disk that machines share (output folder, datasets cache) and on a machine's own disk are each built once."""
+        with super().main_process_first(local=False, desc=desc), super().main_process_first(local=local, desc=desc):
+            yield
+
+
+def launched_processes() -> int:
+    """How many processes the launcher started (torchrun and `accelerate launch` set WORLD_SIZE, mpirun the rest)."""
+    return get_int_from_env(["WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"], 1)
+
+
+def check_process_group(training_args: TrainingArguments) -> None:
+    """Logs this process's place in the group; launched processes that did not join one are an error."""
+    launched, joined = launched_processes(), training_args.world_size
+    if joined < launched:
+        raise SystemExit(
+            f"{launched} processes were launched but they did not join one process group (this one is process "
+            f"{training_args.process_index} of {joined}), so each would train alone on all the data. Pass "
+            "--use_cpu true to join them on the CPU (gloo), or --ddp_backend for this machine's accelerator "
+            "(docs/training.md)"
+        )
+    per_process = training_args.train_batch_size * training_args.gradient_accumulation_steps
+    backend = training_args.distributed_state.backend or "no"
+    logger.warning(
+        f"process {training_args.process_index} of {joined} ({backend} process group, {training_args.device}): "
+        f"{per_process} rows of each {per_process * joined}-row optimizer step"
+    )
 
 
 # --demo: what the tiny model on the bundled catalogue needs (each is still overridable on the command line).
@@ -338,6 +376,7 @@ def save_final(trainer: Trainer, model, processor, model_args: ModelArguments, o
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_args(argv)
+    check_process_group(training_args)
     output_dir = Path(training_args.output_dir)
     set_seed(training_args.seed)
     if training_args.device.type == "cpu" and reuse_freed_memory():

@@ -1,4 +1,4 @@
-"""train_hf.py end to end on a tiny catalogue: outputs, feature cache, LoRA, resume, accelerate launch."""
+"""train_hf.py end to end on a tiny catalogue: outputs, feature cache, LoRA, resume, 2 processes as one group."""
 
 import json
 import math
@@ -6,14 +6,19 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModel, AutoProcessor, CLIPVisionModelWithProjection
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModel, AutoProcessor, CLIPVisionModelWithProjection
 
 import train_hf
+import train_probe
 from moda.demo.catalog import make_catalog
 from modeling_moda.caption_drafts import load_caption_drafter
 from modeling_moda.caption_vocabulary import build_caption_vocabulary, load_caption_vocabulary
@@ -222,16 +227,93 @@ def test_a_holdout_that_matches_no_row_stops_before_training(catalogue, tiny_bac
     assert f"did you mean {colour!r}?" in str(raised.value)
 
 
-def test_accelerate_launch_two_cpu_processes(catalogue, tiny_backbones, tmp_path):
-    out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+def _without_dropout(backbones, folder: Path) -> tuple[Path, Path]:
+    """The tiny backbones with the LM's dropout off: runs with other process counts then draw no other masks."""
+    vision, text = backbones
+    shutil.copytree(text, folder)
+    config = AutoConfig.from_pretrained(folder)
+    config.dropout = 0.0
+    config.save_pretrained(folder)
+    return vision, folder
+
+
+def _logged_losses(output_dir: Path) -> list[float]:
+    state = json.loads((output_dir / "checkpoint-2" / "trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+def test_documented_cpu_command_trains_two_processes_as_one_group(tiny_backbones, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on a CPU-only machine (docs/training.md): both processes
+    join one gloo group, each trains on its half of every step's rows, the main process alone builds the feature
+    cache and writes the outputs, and the losses are a 1-process run's at the same global batch (8 = 4 x 2)."""
+    catalogue = make_catalog(tmp_path / "catalogue", 20, seed=7, image_size=32).parent  # new: nothing cached yet
+    backbones = _without_dropout(tiny_backbones, tmp_path / "text")
+    steps = ["--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no",
+             "--logging_strategy", "steps", "--logging_steps", "1", "--bf16", "false"]  # fmt: skip
+    records, two = tmp_path / "records", tmp_path / "two"
+    records.mkdir()
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(REPO / "train_hf.py"), *_args(catalogue, tiny_backbones, out, "--max_steps", "2")]
+               str(REPO / "tests" / "train_probe.py"), str(records),
+               *_args(catalogue, backbones, two, "--per_device_train_batch_size", "4", *steps)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((out / "metrics.json").read_text())["train"]["train_runtime"] > 0
-    assert (out / "model.safetensors").is_file()
+    for rank in (0, 1):
+        assert f"process {rank} of 2 (gloo process group, cpu" in result.stderr
+    main, other = (json.loads((records / f"rank{rank}.json").read_text()) for rank in (0, 1))
+
+    one = tmp_path / "one"
+    single = train_probe.run(_args(catalogue, backbones, one, *steps))  # 8 rows a step in one process
+    assert len(single["steps"]) == len(main["steps"]) == len(other["steps"]) == 2
+    for rows, main_rows, other_rows in zip(single["steps"], main["steps"], other["steps"]):
+        assert len(rows) == 8 and len(main_rows) == len(other_rows) == 4
+        assert not set(main_rows) & set(other_rows) and set(main_rows) | set(other_rows) == set(rows)
+
+    assert main["vision_forwards"] == 3 and other["vision_forwards"] == 0  # one batch per split, on the main only
+    assert "bleu" in main["metrics"]["test"] and "bleu" not in other["metrics"]["test"]  # the outputs: main only
+    assert json.loads((two / "metrics.json").read_text())["test"]["bleu"] == main["metrics"]["test"]["bleu"]
+
+    assert _logged_losses(two) == pytest.approx(_logged_losses(one), rel=1e-5)
+    weights, single_weights = load_file(two / "model.safetensors"), load_file(one / "model.safetensors")
+    # a step on other rows would move weights by about the learning rate (5e-3)
+    assert max((weights[name] - single_weights[name]).abs().max().item() for name in weights) < 1e-3
+
+
+def test_machines_sharing_a_disk_prepare_data_one_after_the_other(tmp_path, monkeypatch):
+    """Each machine's main process goes first on its own disk, but on a shared one only after the main process:
+    the second machine then reuses the feature cache instead of building the same files at the same time.
+    Two threads play the main processes of two machines; a thread barrier stands in for the process group's."""
+    barrier = threading.Barrier(2, timeout=60)
+    monkeypatch.setattr(torch.distributed, "barrier", barrier.wait)
+    machines = [train_hf.MODATrainingArguments(output_dir=str(tmp_path), bf16=False) for _ in range(2)]
+    for rank, args in enumerate(machines):
+        args.distributed_state = SimpleNamespace(
+            num_processes=2, process_index=rank, is_main_process=rank == 0, is_local_main_process=True
+        )
+    log = []
+
+    def prepare(rank: int) -> None:
+        with machines[rank].main_process_first(desc="feature cache"):
+            log.append(f"start {rank}")
+            time.sleep(0.5)  # a machine entering now, not after the main process, would log its start here
+            log.append(f"end {rank}")
+
+    threads = [threading.Thread(target=prepare, args=(rank,)) for rank in (1, 0)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert log == ["start 0", "end 0", "start 1", "end 1"]
+
+
+def test_launched_processes_that_do_not_join_are_an_error(monkeypatch, tmp_path):
+    """Launched processes that each train alone as "process 0 of 1" stop with a message instead."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    # a machine with a GPU that accelerate forms no process group with
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda: torch.device("cuda"))
+    with pytest.raises(SystemExit, match="2 processes were launched but they did not join one process group"):
+        train_hf.main(["--dataset", str(tmp_path), "--output_dir", str(tmp_path / "out"), "--bf16", "false"])
 
 
 def _settings(parsed: tuple, names) -> dict:
