@@ -18,8 +18,8 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import datasets
 from datasets import Dataset, Features, Image, Value
@@ -56,7 +56,7 @@ def read_rows(sources: Sequence[str], id_column: str | None = None) -> Dataset:
             raise ValueError(f"no images found in {' '.join(sources)}")
         rows = Dataset.from_dict({"id": paths, "image": paths}, features=ROW_FEATURES)
     elif len(sources) > 1:
-        raise ValueError(f"describe one catalogue at a time, without other files: got {catalogues[0]} among {len(sources)}")
+        raise ValueError(f"describe one catalogue at a time, without other inputs: {catalogues[0]} came with others")
     else:
         rows = _catalogue_rows(sources[0], id_column)
     check_ids(rows["id"], sources[0] if catalogues else "the images given")

@@ -17,9 +17,9 @@ import re
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from accelerate import PartialState
@@ -31,7 +31,14 @@ from modeling_moda.fast_inference import MODES
 
 from .catalogue_rows import read_rows
 from .cpu_memory import reuse_freed_memory
-from .describe import DEFAULT_FAST, describe_batch, failure_reason, gpu_dtype, load_model, resolve_device
+from .describe import (
+    DEFAULT_FAST,
+    describe_batch,
+    failure_reason,
+    gpu_dtype,
+    load_model,
+    resolve_device,
+)
 from .results import Results, json_lines
 
 
@@ -159,8 +166,8 @@ def plan(args: argparse.Namespace, state: PartialState) -> Job:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens),
-                        ("--num-beams", args.num_beams), ("--threads", args.threads or 1)):  # fmt: skip
-        if value < 1:
+                        ("--num-beams", args.num_beams), ("--threads", args.threads)):  # fmt: skip
+        if value is not None and value < 1:
             raise SystemExit(f"{flag} must be at least 1, got {value}")
     # PartialState joins the processes of `accelerate launch` (over gloo when told cpu=True, as moda.distill does).
     state = PartialState(

@@ -6,8 +6,9 @@ catalogue rows (`moda.catalogue_rows`), where an unreadable image becomes an `er
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -39,8 +40,8 @@ def resolve_device(name: str = "auto", process_index: int = 0) -> torch.device:
 
 
 def gpu_dtype() -> str:
-    """bf16 where the GPU computes in it (Ampere and later), else fp16: half the memory and time of fp32."""
-    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    """bf16 where the GPU computes in it natively (Ampere and later), else fp16: half the memory and time of fp32."""
+    return "bfloat16" if torch.cuda.is_bf16_supported(including_emulation=False) else "float16"
 
 
 @torch.inference_mode()

@@ -14,9 +14,9 @@ import datasets
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import count_draft_calls
 from PIL import Image
 
-from conftest import count_draft_calls
 import modeling_moda.modeling_moda
 from moda import cli, describe
 from moda.cli import main
@@ -69,6 +69,7 @@ def test_csv_output_and_explicit_files(tmp_path, tiny_checkpoint, photos):
 def test_bad_flags_stop_before_loading_the_model(tmp_path, photos):
     paths = write_photos(tmp_path / "photos", photos[:1])
     for flags, message in ((["--max-new-tokens", "0"], "--max-new-tokens"), (["--num-beams", "-1"], "--num-beams"),
+                           (["--batch-size", "0"], "--batch-size"), (["--threads", "0"], "--threads"),
                            (["--out", str(tmp_path / "missing" / "r.jsonl")], "does not exist"),
                            (["--fast", "none", "--quantize-vision"], "--quantize-vision applies to --fast int8"),
                            (["--dtype", "bfloat16", "--full-vocabulary"], "--full-vocabulary applies")):
@@ -170,15 +171,17 @@ def test_a_killed_run_resumes_each_row_once_and_overwrite_starts_again(
         "d.describe_images = lambda *a, **k: time.sleep(0.4) or describe(*a, **k); "
         "from moda.cli import main; sys.exit(main(sys.argv[1:]))"
     )
-    process = subprocess.Popen([sys.executable, "-c", slow_batches, *argv], cwd=REPO, stderr=subprocess.DEVNULL)
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-c", slow_batches, *argv], cwd=REPO, stderr=stderr)
     deadline = time.monotonic() + 120
     while not (journal.exists() and len(journal.read_text().splitlines()) >= 8) and process.poll() is None:
         assert time.monotonic() < deadline, "the run wrote no two batches in 120 s"
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    assert process.returncode == -signal.SIGKILL, (tmp_path / "stderr.txt").read_text()[-3000:]
     kept = len(journal.read_text().splitlines())
-    assert process.returncode == -signal.SIGKILL and 8 <= kept < 40 and not out.exists()
+    assert 8 <= kept < 40 and not out.exists()
     with open(journal, "a") as handle:
         handle.write('{"id": "100')  # what a kill in the middle of a write leaves
 
@@ -292,7 +295,7 @@ def test_gpus_are_chosen_per_process_in_bf16_or_fp16(monkeypatch):
         resolve_device("cuda:2")
     args = cli.build_parser().parse_args(["describe", "x.jpg", "--model", "m"])
     for supported, dtype in ((True, "bfloat16"), (False, "float16")):
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation, native=supported: native)
         assert cli.precision(args, torch.device("cuda", 0)) == (dtype, "none")
     args.fast = "int8"
     with pytest.raises(ValueError, match="--fast int8 is a CPU path"):

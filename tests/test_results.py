@@ -21,7 +21,7 @@ def test_a_torn_last_line_is_not_a_row_and_is_cut_before_the_next_batch(tmp_path
     results = Results(tmp_path / "out.jsonl")
     results.journal(0).write([described("a"), described("b")])
     with open(results.parts / "rank0.jsonl", "ab") as file:
-        file.write('{"id": "c", "description": "A bl'.encode() + "é".encode()[:1])  # cut inside a character
+        file.write(b'{"id": "c", "description": "A bl' + "é".encode()[:1])  # cut inside a character
     assert results.described() == {"a", "b"}
     results.journal(0).write([described("c")])
     lines = (results.parts / "rank0.jsonl").read_text().splitlines()
