@@ -123,7 +123,7 @@ class Results:
         if not self.out.is_file():
             return []
         not_results = f"--out {self.out} exists and is not a `moda describe` results file"
-        hint = "(no id column); choose another --out, or --overwrite to replace it"
+        choose = "choose another --out, or --overwrite to replace it"
         try:
             if self.format == ".parquet":
                 rows = pq.read_table(self.out).to_pylist()
@@ -133,9 +133,10 @@ class Results:
             else:
                 rows = [json.loads(line) for line in self.out.read_text(encoding="utf-8").splitlines() if line]
         except (OSError, ValueError, pa.ArrowException) as error:
-            raise ValueError(f"{not_results} ({error}); choose another --out, or --overwrite to replace it") from None
-        if not all(isinstance(row, dict) and row.get("id") for row in rows):
-            raise ValueError(f"{not_results} {hint}")
+            raise ValueError(f"{not_results} ({error}); {choose}") from None
+        # only these columns, so that a catalogue with an id column (perhaps the input itself) is never taken for one
+        if not all(isinstance(row, dict) and row.get("id") and row.keys() <= set(COLUMNS) for row in rows):
+            raise ValueError(f"{not_results} (rows of {', '.join(COLUMNS)}); {choose}")
         return [_clean(row) for row in rows]
 
 

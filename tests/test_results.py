@@ -70,6 +70,7 @@ def test_csv_and_parquet_have_one_column_per_field(tmp_path):
 
 def test_a_file_that_is_not_results_is_refused_and_kept(tmp_path):
     for name, content in (("notes.jsonl", '{"text": "my notes"}\n'), ("notes.csv", "sku,colour\n1,red\n"),
+                          ("catalogue.csv", "id,image,Colour\n1,a.jpg,red\n"),
                           ("notes.parquet", "not parquet at all")):  # fmt: skip
         (tmp_path / name).write_text(content)
         with pytest.raises(ValueError, match="not a `moda describe` results file"):
