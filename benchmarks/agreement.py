@@ -20,7 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python benchmarks/...` from a fresh clone
 
-from moda.describe import describe_images, find_images, load_model  # noqa: E402
+from moda.catalogue_rows import find_images  # noqa: E402
+from moda.describe import describe_images, load_model  # noqa: E402
 from processing import load_rgb_image  # noqa: E402
 from simulated_drafter import counting_passes  # noqa: E402
 
