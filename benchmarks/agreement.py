@@ -32,7 +32,7 @@ MODES = {
     "int8-drafts": ({"fast": "int8"}, True),
     "int8-generate": ({"fast": "int8", **NO_DRAFTS}, False),
     "int8-full-vocabulary": ({"fast": "int8", "full_vocabulary": True, **NO_DRAFTS}, True),
-    "int8-vision": ({"fast": "int8", "quantize_vision": True, **NO_DRAFTS}, True),
+    "int8-vision": ({"fast": "int8", "vision": "int8", **NO_DRAFTS}, True),
     "bf16": ({"fast": "bf16", **NO_DRAFTS}, True),
 }
 

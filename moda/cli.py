@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from modeling_moda.fast_inference import MODES
+from modeling_moda.fast_inference import MODES, VISION_PRECISIONS
 
 from .cpu_memory import reuse_freed_memory
 from .describe import DEFAULT_FAST, describe_files, find_images, load_model, write_results
@@ -39,9 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         f"none (exactly transformers' fp32 generate) (default: {DEFAULT_FAST})",
     )
     describe.add_argument(
-        "--quantize-vision",
-        action="store_true",
-        help="with --fast int8: also quantize the vision tower (faster batches; see README, Performance)",
+        "--vision",
+        default="auto",
+        choices=VISION_PRECISIONS,
+        help="with --fast int8: the vision tower's precision; auto = bf16 on CPUs with native bf16 (AVX512-BF16, "
+        "AMX), else fp32; int8 is fastest for large batches and least exact (docs/performance.md) (default: auto)",
     )
     describe.add_argument(
         "--full-vocabulary",
@@ -77,12 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit("--threads must be at least 1")
         torch.set_num_threads(args.threads)
     fast = "none" if args.dtype != "float32" else args.fast  # an explicit --dtype asks for plain weights
-    for flag, given in (("--quantize-vision", args.quantize_vision), ("--full-vocabulary", args.full_vocabulary)):
+    for flag, given in (("--vision", args.vision not in ("auto", "fp32")), ("--full-vocabulary", args.full_vocabulary)):
         if given and fast != "int8":
             raise SystemExit(f"{flag} applies to --fast int8 with --dtype float32 only")
     reuse_freed_memory()  # as train_hf.py does: large short-lived tensors reuse freed memory (cpu_memory.py)
     model, processor = load_model(
-        args.model, args.dtype, fast, args.full_vocabulary, args.quantize_vision, drafts=not args.no_drafts
+        args.model, args.dtype, fast, args.full_vocabulary, args.vision, drafts=not args.no_drafts
     )
     rows = describe_files(
         model,

@@ -113,14 +113,14 @@ def load_model(
     dtype: str = "float32",
     fast: str = "none",
     full_vocabulary: bool = False,
-    quantize_vision: bool = False,
+    vision: str = "auto",
     drafts: bool = True,
 ):
     """Model + processor from a local folder or hub id, with this package's MODA code (never the folder's: no
     remote code runs, and a checkpoint saved by any MODA version loads the same way).
 
     `fast` is a mode of `MODAForConditionalGeneration.optimize_for_cpu` ("int8", "bf16" or "none"), applied
-    with `full_vocabulary`, `quantize_vision` and `drafts`.
+    with `vision`, `full_vocabulary` and `drafts`.
     """
     if fast not in MODES:
         raise ValueError(f"fast must be one of {MODES}, got {fast!r}")
@@ -128,6 +128,6 @@ def load_model(
         raise ValueError(f"fast='int8' quantizes float32 weights; got dtype={dtype!r}")
     model = MODAForConditionalGeneration.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
     if fast != "none":
-        model = model.optimize_for_cpu(fast, quantize_vision, full_vocabulary, drafts)
+        model = model.optimize_for_cpu(fast, vision, full_vocabulary, drafts)
     processor = MODAProcessor.from_pretrained(path)
     return model, processor
