@@ -194,11 +194,11 @@ def print_goals(results: dict, floor_s: float | None) -> None:
 def demo_guess_acceptance() -> float:
     """The share of caption-draft guesses the trained demo model keeps, as benchmarks/agreement.py measured it."""
     try:
-        return json.loads(AGREEMENT_RESULTS.read_text())["modes"]["int8-drafts"]["guess_acceptance"]
+        return json.loads(AGREEMENT_RESULTS.read_text())["modes"]["cli"]["guess_acceptance"]
     except (OSError, KeyError, json.JSONDecodeError) as error:
         raise SystemExit(
             f"no demo guess acceptance in {AGREEMENT_RESULTS} ({error!r}): run benchmarks/agreement.py with "
-            "--modes int8-drafts (see its docstring) or pass --draft-acceptance"
+            "--modes cli (see its docstring) or pass --draft-acceptance"
         ) from error
 
 
