@@ -23,17 +23,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench
 from moda.catalogue_rows import find_images  # noqa: E402
 from moda.describe import describe_images, load_model  # noqa: E402
 from processing import load_rgb_image  # noqa: E402
+from measure import machine  # noqa: E402
 from simulated_drafter import counting_passes  # noqa: E402
 
-# mode -> (load_model options, describe_images through generate_fast); "int8-drafts" is what `moda describe` runs
-# by default (drafts apply to single images, so its batched column is int8's).
+# mode -> (load_model options, describe_images through generate_fast). "cli" is what `moda describe` runs by
+# default on this CPU (int8 decoder, caption vocabulary, drafts for single images, the vision tower at
+# `--vision auto`: bf16 where bf16 is native, else fp32); the "vision-*" modes are each CPU kind's choice made
+# explicit. Drafts apply to single images, so a drafts mode's batched column is its mode without drafts.
 NO_DRAFTS = {"drafts": False}
+INT8 = {"fast": "int8", "vision": "fp32"}
 MODES = {
-    "int8": ({"fast": "int8", **NO_DRAFTS}, True),
-    "int8-drafts": ({"fast": "int8"}, True),
-    "int8-generate": ({"fast": "int8", **NO_DRAFTS}, False),
-    "int8-full-vocabulary": ({"fast": "int8", "full_vocabulary": True, **NO_DRAFTS}, True),
-    "int8-vision": ({"fast": "int8", "quantize_vision": True, **NO_DRAFTS}, True),
+    "cli": ({"fast": "int8"}, True),
+    "cli-no-drafts": ({"fast": "int8", **NO_DRAFTS}, True),
+    "vision-fp32": ({**INT8}, True),
+    "vision-bf16": ({**INT8, "vision": "bf16"}, True),
+    "vision-int8": ({**INT8, "vision": "int8"}, True),
+    "int8-generate": ({**INT8, **NO_DRAFTS}, False),
+    "int8-full-vocabulary": ({**INT8, "full_vocabulary": True, **NO_DRAFTS}, True),
     "bf16": ({"fast": "bf16", **NO_DRAFTS}, True),
 }
 
@@ -70,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", required=True, help="a trained MODA checkpoint folder")
     parser.add_argument("--images", required=True, nargs="+", help="image files or folders")
     parser.add_argument("--limit", type=int, default=200, help="images compared (the last ones found)")
-    parser.add_argument("--modes", nargs="+", default=["int8"], choices=list(MODES))
+    parser.add_argument("--modes", nargs="+", default=["cli"], choices=list(MODES))
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -81,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     reference_model, processor = load_model(args.model, fast="none")
     reference = describe_images(reference_model, processor, images, args.batch_size, do_sample=False)
 
-    results = {"model": args.model, "images": len(images), "modes": {}}
+    results = {"model": args.model, "images": len(images), "machine": machine("cpu", args.threads), "modes": {}}
     print(f"| mode | same as fp32, batch {args.batch_size} | same as fp32, batch 1 |\n|---|---|---|")
     for mode in args.modes:
         options, fast = MODES[mode]

@@ -7,6 +7,7 @@ its own and no variant warms caches or allocators for another.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import multiprocessing
 import os
@@ -155,9 +156,14 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+# The CPU features MODA's speed depends on: AVX2 / AVX512 kernels, int8 dot products (VNNI), native bf16.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
+
+
 def machine(device: str, threads: int | None) -> dict:
     """What the numbers depend on, recorded beside them (`threads`: what the workers used)."""
     info = {
+        "date": datetime.date.today().isoformat(),
         "device": device,
         "cpu": platform.processor() or platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -170,8 +176,11 @@ def machine(device: str, threads: int | None) -> dict:
         "python": platform.python_version(),
     }
     if Path("/proc/cpuinfo").exists():
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        lines = open("/proc/cpuinfo").read().splitlines()
+        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
         info["cpu"] = names[0] if names else info["cpu"]
+        flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+        info["cpu_features"] = [flag for flag in SPEED_FLAGS if flag in flags]
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
     return info

@@ -23,9 +23,11 @@ def best_seconds(function, repeats: int) -> float:
     return measure.seconds(function, "cpu", repeats)
 
 
-def matmul_gflops(rows: int = 464, inner: int = 768, columns: int = 3072, repeats: int = 20) -> float:
-    """fp32 matmul throughput at a training-shaped product (a batch of 16 x 29 tokens through OPT's MLP)."""
-    left, right = torch.randn(rows, inner), torch.randn(inner, columns)
+def matmul_gflops(
+    dtype: torch.dtype = torch.float32, rows: int = 464, inner: int = 768, columns: int = 3072, repeats: int = 20
+) -> float:
+    """Matmul throughput at a training-shaped product (a batch of 16 x 29 tokens through OPT's MLP)."""
+    left, right = torch.randn(rows, inner, dtype=dtype), torch.randn(inner, columns, dtype=dtype)
     return 2 * rows * inner * columns / best_seconds(lambda: left @ right, repeats) / 1e9
 
 

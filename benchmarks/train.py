@@ -28,6 +28,7 @@ from peft import get_peft_model
 
 from moda.lora import lora_config
 from modeling_moda import MODAConfig, MODAForConditionalGeneration
+from modeling_moda.fast_inference import cpu_has_native_bf16
 
 VARIANTS = {
     "baseline": {"label": "transformers fp32, pixel_values, AdamW (baseline)", "images": "pixel_values"},
@@ -54,10 +55,17 @@ VARIANTS = {
         "label": "MODA bf16 autocast, pixel_values, fused AdamW", "images": "pixel_values", "fused": True, "bf16": True
     },
     "cache-bf16": {
-        "label": "MODA default + bf16 autocast", "images": "image_embeds", "fused": True, "reuse_memory": True,
-        "labelled_head": True, "bf16": True,
+        "label": "MODA default + bf16 autocast (**`train_hf.py` default where bf16 is native**)",
+        "images": "image_embeds", "fused": True, "reuse_memory": True, "labelled_head": True, "bf16": True,
+    },
+    "lora-bf16": {
+        "label": "MODA LoRA + bf16 autocast (`train_hf.py --lora` where bf16 is native)", "images": "image_embeds",
+        "fused": True, "reuse_memory": True, "labelled_head": True, "lora": True, "bf16": True,
     },
 }
+# the rows train_hf.py runs by default, by whether this CPU has native bf16
+DEFAULT_ROW = {False: ("cache-labelled", "lora"), True: ("cache-bf16", "lora-bf16")}
+GOAL_CEILING_SHARE = 0.85
 
 # The original: 20 epochs in 104 minutes on an A100 at about 7.4 samples/s, i.e. about 46,000 samples seen.
 ORIGINAL_SAMPLES_PER_S = 7.4
@@ -129,8 +137,9 @@ def measure_variant(spec: dict) -> dict:
     return result
 
 
-def print_compute_ceiling(args, gflops: float) -> None:
-    """The matmul ceiling on samples/s: 6 FLOPs per trained weight per token it sees, at this CPU's measured peak."""
+def print_compute_ceiling(args, gflops: float, precision: str) -> float:
+    """The matmul ceiling on samples/s: 6 FLOPs per trained weight per token it sees, at this CPU's measured peak
+    for `precision`; returns it."""
     model = MODAForConditionalGeneration(MODAConfig())
     # the decoder's weights meet every token but the last, which predicts nothing; the tied 50272 x 768 embedding
     # only as the LM head's matmul at the labelled positions (all but the image input, whose next token is BOS, and
@@ -140,13 +149,27 @@ def print_compute_ceiling(args, gflops: float) -> None:
     projector = sum(p.numel() for p in model.projector.parameters()) * model.config.num_image_tokens
     decoded, labelled = args.seq_len - 1, args.seq_len - 2
     sample_gflop = 6 * (decoder * decoded + head * labelled + projector) / 1e9
+    ceiling = gflops / sample_gflop
     print(
-        f"ceiling: fp32 matmul peaks at {gflops:.0f} GFLOP/s here; a {args.seq_len}-token sample needs "
+        f"ceiling: {precision} matmul peaks at {gflops:.0f} GFLOP/s here; a {args.seq_len}-token sample needs "
         f"{sample_gflop:.1f} GFLOP (6 x {decoder / 1e6:.0f}M decoder weights x {decoded} tokens + 6 x "
-        f"{head / 1e6:.0f}M LM head weights x {labelled} labelled tokens, the projector once per image), so a full "
-        f"fine-tune reaches at most {gflops / sample_gflop:.2f} samples/s if every FLOP ran at that peak "
-        f"(goal {ORIGINAL_SAMPLES_PER_S})"
+        f"{head / 1e6:.0f}M LM head weights x {labelled} labelled tokens, the projector once per image), so a "
+        f"{precision} full fine-tune reaches at most {ceiling:.2f} samples/s if every FLOP ran at that peak"
     )
+    return ceiling
+
+
+def print_default_goals(results: dict, ceilings: dict[str, float], native_bf16: bool) -> None:
+    """train_hf.py's default row against its precision's ceiling, and LoRA against it in the same precision."""
+    full, lora = DEFAULT_ROW[native_bf16]
+    precision = "bf16" if native_bf16 else "fp32"
+    if full in results and precision in ceilings:
+        share = results[full]["samples_per_s"] / ceilings[precision]
+        verdict = "met" if share >= GOAL_CEILING_SHARE else "missed"
+        print(f"goal: the default ({full}) at >= {GOAL_CEILING_SHARE:.0%} of the {precision} ceiling: {share:.0%} ({verdict})")
+    if full in results and lora in results:
+        faster = results[lora]["samples_per_s"] > results[full]["samples_per_s"]
+        print(f"goal: LoRA ({lora}) faster than the full fine-tune ({full}): {'met' if faster else 'missed'}")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -166,7 +189,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.device == "cpu":  # the peak, before and after the variants: a slow spell of a shared machine lowers it
         if args.threads:
             torch.set_num_threads(args.threads)
-        peak_gflops = roofline.matmul_gflops()
+        peak_gflops = {"fp32": roofline.matmul_gflops()}
+        if cpu_has_native_bf16():
+            peak_gflops["bf16"] = roofline.matmul_gflops(torch.bfloat16)
     results = measure.run_variants(
         measure_variant,
         VARIANTS,
@@ -217,8 +242,13 @@ def main(argv: list[str] | None = None) -> dict:
         f"{recipe_s / 60:.1f} min" + (gpu_goal if args.device == "cuda" else "")
     )
     if args.device == "cpu":
-        info["fp32_matmul_gflops"] = round(max(peak_gflops, roofline.matmul_gflops()), 1)
-        print_compute_ceiling(args, info["fp32_matmul_gflops"])
+        ceilings = {}
+        for precision, before in peak_gflops.items():
+            after = roofline.matmul_gflops(torch.bfloat16 if precision == "bf16" else torch.float32)
+            info[f"{precision}_matmul_gflops"] = round(max(before, after), 1)
+            ceilings[precision] = print_compute_ceiling(args, info[f"{precision}_matmul_gflops"], precision)
+            info[f"{precision}_ceiling_samples_per_s"] = round(ceilings[precision], 2)
+        print_default_goals(results, ceilings, cpu_has_native_bf16())
     settings = {
         "batch_size": args.batch_size, "seq_len": args.seq_len, "accumulation_steps": args.accumulation_steps,
         "steps": steps,

@@ -27,7 +27,7 @@ from accelerate.utils import gather_object, parse_flag_from_env
 from datasets import Dataset
 from tqdm.auto import tqdm
 
-from modeling_moda.fast_inference import MODES
+from modeling_moda.fast_inference import MODES, VISION_PRECISIONS
 
 from .catalogue_rows import read_rows
 from .cpu_memory import reuse_freed_memory
@@ -90,9 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
         f"none (exactly transformers' fp32 generate) (default: {DEFAULT_FAST} on the CPU; a GPU runs none)",
     )
     describe.add_argument(
-        "--quantize-vision",
-        action="store_true",
-        help="with --fast int8: also quantize the vision tower (faster batches; see README, Performance)",
+        "--vision",
+        default="auto",
+        choices=VISION_PRECISIONS,
+        help="with --fast int8: the vision tower's precision; auto = bf16 on CPUs with native bf16 (AVX512-BF16, "
+        "AMX), else fp32; int8 is fastest for large batches and least exact (docs/performance.md) (default: auto)",
     )
     describe.add_argument(
         "--full-vocabulary",
@@ -119,7 +121,7 @@ def precision(args: argparse.Namespace, device: torch.device) -> tuple[str, str]
         return args.dtype or gpu_dtype(), "none"
     dtype = args.dtype or "float32"
     fast = args.fast or (DEFAULT_FAST if dtype == "float32" else "none")  # an explicit --dtype asks for plain weights
-    for flag, given in (("--quantize-vision", args.quantize_vision), ("--full-vocabulary", args.full_vocabulary)):
+    for flag, given in (("--vision", args.vision not in ("auto", "fp32")), ("--full-vocabulary", args.full_vocabulary)):
         if given and fast != "int8":
             raise ValueError(f"{flag} applies to --fast int8 with --dtype float32 only")
     return dtype, fast
@@ -208,7 +210,7 @@ def load(args: argparse.Namespace, job: Job):
         torch.set_num_threads(args.threads)
     reuse_freed_memory()  # as train_hf.py does: large short-lived tensors reuse freed memory (cpu_memory.py)
     try:
-        return load_model(args.model, job.dtype, job.fast, args.full_vocabulary, args.quantize_vision,
+        return load_model(args.model, job.dtype, job.fast, args.full_vocabulary, args.vision,
                           drafts=not args.no_drafts, device=job.device)  # fmt: skip
     except (OSError, ValueError) as error:
         raise SystemExit(f"--model {args.model}: {error}") from None

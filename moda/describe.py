@@ -112,7 +112,7 @@ def load_model(
     dtype: str = "float32",
     fast: str = "none",
     full_vocabulary: bool = False,
-    quantize_vision: bool = False,
+    vision: str = "auto",
     drafts: bool = True,
     device: str | torch.device = "cpu",
 ):
@@ -120,8 +120,8 @@ def load_model(
     remote code runs, and a checkpoint saved by any MODA version loads the same way), on `device`.
 
     `fast` is a mode of `MODAForConditionalGeneration.optimize_for_cpu` ("int8", "bf16" or "none"), applied
-    with `full_vocabulary`, `quantize_vision` and `drafts`; it needs `device="cpu"`. A path that holds no MODA
-    checkpoint is a ValueError that says so (OSError when a folder or Hub repo has no config.json).
+    with `vision`, `full_vocabulary` and `drafts`; it needs `device="cpu"`. A path that holds no MODA checkpoint
+    is a ValueError that says so (OSError when a folder or Hub repo has no config.json).
     """
     if fast not in MODES:
         raise ValueError(f"fast must be one of {MODES}, got {fast!r}")
@@ -132,7 +132,7 @@ def load_model(
     check_moda_checkpoint(path)
     model = MODAForConditionalGeneration.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
     if fast != "none":
-        model = model.optimize_for_cpu(fast, quantize_vision, full_vocabulary, drafts)
+        model = model.optimize_for_cpu(fast, vision, full_vocabulary, drafts)
     processor = MODAProcessor.from_pretrained(path)
     return model, processor
 

@@ -11,7 +11,7 @@ Why int8: decoding one description at batch 1 is memory-bound; every new token r
 (500 MB in fp32, 125 MB in int8), and the tied 50272x768 LM head alone is a third of them. `quantize_dynamic`
 stores the decoder's and the head's nn.Linear weights as int8, one scale per output row, and quantizes activations
 on the fly. A shortlisted head (below) stays fp32: it is small, and it is where near-tied tokens are decided.
-The vision tower runs once per image and stays in fp32 unless `quantize_vision=True`; the projector (two
+The vision tower runs once per image, in fp32, bf16 or int8 (`vision`); the projector (two
 layers, once per image) always stays fp32. bf16 halves the weights instead; it pays only on CPUs with native
 bf16 (AVX512-BF16 or AMX), which `cpu_has_native_bf16` reports. A `vocabulary` (the training captions' token
 ids, `caption_vocabulary.py`) shrinks the head from 50272 rows to those tokens (`restrict_vocabulary`).
@@ -34,6 +34,8 @@ from transformers.utils import logging
 logger = logging.get_logger(__name__)
 
 MODES = ("int8", "bf16", "none")
+# The vision tower's precision under mode="int8"; "auto" is bf16 where the CPU computes bf16 natively, else fp32.
+VISION_PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -121,8 +123,18 @@ def quantize_linear_int8(module: nn.Module) -> nn.Module:
         return torch.ao.quantization.quantize_dynamic(module, per_row, dtype=torch.qint8, inplace=True)
 
 
+def vision_precision(vision: str) -> str:
+    """`vision` with "auto" resolved: bf16 runs the tower about 3x faster than fp32 on AVX512-BF16/AMX CPUs and
+    slower where bf16 is emulated (docs/performance.md)."""
+    if vision not in VISION_PRECISIONS:
+        raise ValueError(f"vision must be one of {VISION_PRECISIONS}, got {vision!r}")
+    if vision == "auto":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return vision
+
+
 def apply_cpu_fast_path(
-    model: nn.Module, mode: str = "int8", quantize_vision: bool = False, vocabulary: Sequence[int] | None = None
+    model: nn.Module, mode: str = "int8", vision: str = "fp32", vocabulary: Sequence[int] | None = None
 ) -> nn.Module:
     """Returns `model` (changed in place, eval mode, no grads) set up for fast CPU inference.
 
@@ -131,15 +143,17 @@ def apply_cpu_fast_path(
         mode: `"int8"` (decoder and LM head int8, a shortlisted head fp32; the fastest on CPUs without native
             bf16), `"bf16"` (all weights bf16; same as `from_pretrained(..., dtype=torch.bfloat16)`), or `"none"`
             (unchanged fp32).
-        quantize_vision: also quantize the vision tower's linear layers (int8 mode only); faster for large
-            batches, at some cost to the image embedding's precision.
+        vision: the vision tower's precision in int8 mode (`VISION_PRECISIONS`): "fp32" (exact image
+            embedding), "bf16" (fast where bf16 is native), "int8" (its linear layers quantized: fastest for large
+            batches, least precise) or "auto" (`vision_precision`).
         vocabulary: token ids the model may write (its training captions' tokens); the LM head then scores only
             these (`restrict_vocabulary`). None scores the whole vocabulary.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if quantize_vision and mode != "int8":
-        raise ValueError("quantize_vision applies to mode='int8' only")
+    if mode != "int8" and vision not in ("auto", "fp32"):
+        raise ValueError(f"vision={vision!r} applies to mode='int8' only")
+    vision = vision_precision(vision) if mode == "int8" else "fp32"
     if model.device.type != "cpu":
         raise ValueError(f"the CPU fast path needs a model on the CPU, got {model.device}")
     if model.dtype != torch.float32 and mode != "none":
@@ -157,9 +171,12 @@ def apply_cpu_fast_path(
             model.language_model = quantize_linear_int8(model.language_model)
         else:  # the shortlisted head is small and decides between near-tied caption tokens: it stays fp32
             quantize_linear_int8(model.language_model.get_decoder())
-        if quantize_vision:
+        if vision == "int8":
             model.vision_tower = quantize_linear_int8(model.vision_tower)
+        elif vision == "bf16":
+            model.vision_tower.to(torch.bfloat16)  # get_image_embeds casts pixels to the tower's dtype
     return model
 
 
-__all__ = ["MODES", "ShortlistHead", "apply_cpu_fast_path", "cpu_has_native_bf16", "restrict_vocabulary", "untie_lm_head"]
+__all__ = ["MODES", "ShortlistHead", "apply_cpu_fast_path", "cpu_has_native_bf16", "restrict_vocabulary", "untie_lm_head",
+           "vision_precision", "VISION_PRECISIONS"]

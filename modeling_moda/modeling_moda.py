@@ -300,21 +300,22 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         )
 
     def optimize_for_cpu(
-        self, mode: str = "int8", quantize_vision: bool = False, full_vocabulary: bool = False, drafts: bool = True
+        self, mode: str = "int8", vision: str = "auto", full_vocabulary: bool = False, drafts: bool = True
     ) -> MODAForConditionalGeneration:
         """Sets this model up for fast CPU inference, in place, and returns it (inference only: no training, no
         `save_pretrained` afterwards).
 
         `mode="int8"` quantizes the decoder (`fast_inference.py`); its LM head then scores only the checkpoint's
         `caption_vocabulary.json` tokens unless `full_vocabulary` or the checkpoint has none (then it is int8
-        too), and with `quantize_vision` the vision tower is int8 as well. `mode="bf16"` casts all weights to
+        too), and the vision tower runs at `vision` precision ("auto": bf16 on CPUs with native bf16, else fp32;
+        "fp32", "bf16" or "int8"). `mode="bf16"` casts all weights to
         bf16; `"none"` changes nothing. With `drafts`, `generate_fast` checks the checkpoint's
         `caption_drafts.json` guesses for a single image. Both files are read from where this model was loaded
         (`name_or_path`: a folder or a Hub repo).
         """
         source = self.name_or_path  # "" for a model built in memory: it has no checkpoint files
         use_vocabulary = source and mode == "int8" and not full_vocabulary
-        apply_cpu_fast_path(self, mode, quantize_vision, load_caption_vocabulary(source) if use_vocabulary else None)
+        apply_cpu_fast_path(self, mode, vision, load_caption_vocabulary(source) if use_vocabulary else None)
         self.caption_drafter = load_caption_drafter(source) if source and drafts and mode != "none" else None
         return self
 

@@ -71,7 +71,7 @@ def test_bad_flags_stop_before_loading_the_model(tmp_path, photos):
     for flags, message in ((["--max-new-tokens", "0"], "--max-new-tokens"), (["--num-beams", "-1"], "--num-beams"),
                            (["--batch-size", "0"], "--batch-size"), (["--threads", "0"], "--threads"),
                            (["--out", str(tmp_path / "missing" / "r.jsonl")], "does not exist"),
-                           (["--fast", "none", "--quantize-vision"], "--quantize-vision applies to --fast int8"),
+                           (["--fast", "none", "--vision", "int8"], "--vision applies to --fast int8"),
                            (["--dtype", "bfloat16", "--full-vocabulary"], "--full-vocabulary applies")):
         with pytest.raises(SystemExit, match=message):
             main(["describe", str(paths[0]), "--model", str(tmp_path / "no-model"), *flags])
@@ -90,7 +90,7 @@ def test_default_fast_path_writes_what_int8_generate_writes(tmp_path, tiny_check
     paths = write_photos(tmp_path / "photos", photos)
     out = tmp_path / "results.jsonl"
     assert main(["describe", str(tmp_path / "photos"), "--model", str(tiny_checkpoint), "--out", str(out),
-                 "--no-progress", "--max-new-tokens", "10", "--quantize-vision"]) == 0
+                 "--no-progress", "--max-new-tokens", "10", "--vision", "int8"]) == 0
     model, processor = loaded["model"], loaded["processor"]
     assert "quantized" in type(model.vision_tower.vision_model.encoder.layers[0].mlp.fc1).__module__
     expected = processor.batch_decode(model.generate(**processor(images=photos), max_new_tokens=10, do_sample=False))

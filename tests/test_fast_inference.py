@@ -17,8 +17,8 @@ from conftest import GREEDY_TOKENS
 
 from moda.cli import main
 from moda.describe import load_model
-from modeling_moda.fast_inference import apply_cpu_fast_path
-from modeling_moda.fast_inference import untie_lm_head
+from modeling_moda import fast_inference
+from modeling_moda.fast_inference import apply_cpu_fast_path, untie_lm_head, vision_precision
 
 NEW_TOKENS = GREEDY_TOKENS
 
@@ -40,12 +40,13 @@ def agreement(model, inputs, reference: torch.Tensor) -> tuple[float, float]:
 
 @pytest.mark.parametrize(
     "mode, min_descriptions, min_tokens",
-    [("int8", 0.3, 0.8), ("bf16", 0.4, 0.9)],
+    [("int8", 0.3, 0.8), ("bf16", 0.4, 0.9), ("int8-bf16-vision", 0.3, 0.8)],
 )
 def test_fast_descriptions_agree_with_fp32_greedy(
     tiny_model, photo_batch, fp32_tokens, mode, min_descriptions, min_tokens
 ):
-    fast = apply_cpu_fast_path(copy.deepcopy(tiny_model), mode)
+    mode, _, vision = mode.partition("-")
+    fast = apply_cpu_fast_path(copy.deepcopy(tiny_model), mode, vision=vision.removesuffix("-vision") or "fp32")
     same_descriptions, same_tokens = agreement(fast, photo_batch, fp32_tokens)
     print(f"{mode}: {same_descriptions:.0%} identical descriptions, {same_tokens:.0%} identical next tokens")
     assert same_descriptions >= min_descriptions
@@ -68,6 +69,7 @@ def test_int8_unties_and_quantizes_only_the_head(tiny_model):
     assert model.language_model.config.tie_word_embeddings is False
     assert type(model.projector.linear_1) is torch.nn.Linear  # runs once per image: stays fp32
     assert type(model.vision_tower.vision_model.encoder.layers[0].mlp.fc1) is torch.nn.Linear
+    assert model.vision_tower.dtype == torch.float32  # vision="fp32" by default; "auto" is the model method's
     # the session's fp32 model is untouched: its head still shares the embedding
     assert tiny_model.get_output_embeddings().weight.data_ptr() == tiny_model.get_input_embeddings().weight.data_ptr()
 
@@ -79,8 +81,24 @@ def test_untie_copies_the_shared_weight(tiny_model):
     torch.testing.assert_close(head, embedding, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_vision_is_bf16_only_where_the_cpu_has_native_bf16(native, monkeypatch):
+    monkeypatch.setattr(fast_inference, "cpu_has_native_bf16", lambda: native)
+    assert vision_precision("auto") == ("bf16" if native else "fp32")
+    assert vision_precision("int8") == "int8"
+
+
+def test_bf16_vision_casts_only_the_tower(tiny_model, tiny_processor, photos):
+    model = apply_cpu_fast_path(copy.deepcopy(tiny_model), "int8", vision="bf16")
+    assert model.vision_tower.dtype == torch.bfloat16
+    assert model.projector.linear_1.weight.dtype == torch.float32
+    with torch.inference_mode():
+        generated = model.generate(**tiny_processor(images=photos), max_new_tokens=4, min_new_tokens=4)
+    assert generated.shape == (len(photos), 2 + 4)
+
+
 def test_quantize_vision_generates(tiny_model, tiny_processor, photos):
-    model = apply_cpu_fast_path(copy.deepcopy(tiny_model), "int8", quantize_vision=True)
+    model = apply_cpu_fast_path(copy.deepcopy(tiny_model), "int8", vision="int8")
     fc1 = model.vision_tower.vision_model.encoder.layers[0].mlp.fc1
     assert isinstance(fc1, torch.ao.nn.quantized.dynamic.Linear)
     with torch.inference_mode():
@@ -92,7 +110,8 @@ def test_quantize_vision_generates(tiny_model, tiny_processor, photos):
     "kwargs, message",
     [
         ({"mode": "int4"}, "mode must be one of"),
-        ({"mode": "bf16", "quantize_vision": True}, "applies to mode='int8' only"),
+        ({"mode": "bf16", "vision": "int8"}, "applies to mode='int8' only"),
+        ({"mode": "int8", "vision": "int4"}, "vision must be one of"),
     ],
 )
 def test_bad_options_are_refused(tiny_model, kwargs, message):
