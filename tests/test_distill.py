@@ -1,16 +1,23 @@
+import csv
 import json
 import os
+import random
+import shutil
+import signal
+import struct
 import subprocess
+import sys
+import zlib
 from pathlib import Path
 
 import pytest
 from datasets import Image, load_from_disk
 
-from moda.distill import pipeline as distill
-from moda.demo.catalog import make_catalog
 from moda.demo.backbones import train_bpe_tokenizer
-from moda.distill.pipeline import DistillArguments, ScriptedBackend, prompt_i, prompt_ii, read_catalog
+from moda.demo.catalog import make_catalog
+from moda.distill import pipeline as distill
 from moda.distill.guard import DescriptionGuard
+from moda.distill.pipeline import DistillArguments, ScriptedBackend, dataset_card, prompt_i, prompt_ii, read_catalog
 from processing.data import ImageFinder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +53,43 @@ def logged(answers, log: list, stop_after: int | None = None):
 
 def journal_ids(out: Path, step: str) -> list[str]:
     return [json.loads(line)["ProductId"] for path in out.glob(f"{step}.rank*.jsonl") for line in path.open()]
+
+
+def copy_catalog(catalog: Path, to: Path) -> tuple[Path, dict[str, Path]]:
+    """A copy of the catalogue to break and mend, and its image file per ProductId."""
+    shutil.copytree(catalog.parent, to)
+    return to / catalog.name, {item["ProductId"]: to / item["Image"] for item in read_catalog(catalog)}
+
+
+def write_catalog(path: Path, rows: list[dict[str, str]]) -> Path:
+    with open(path, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_bomb(path: Path) -> None:
+    """A valid PNG declaring 20000 x 20000 pixels (PIL refuses over 2 x MAX_IMAGE_PIXELS), 50 KB on disk."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    side = 20000
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit grey
+    pixels = zlib.compress(bytes(side // 8 + 1) * side, 9)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+
+
+def fates(out: Path) -> dict[str, str]:
+    """Where each item ended: `dataset`, or the step that left it out and the reason's kind; asserts that no item
+    is in both, or twice in either."""
+    listed = [(product_id, "dataset") for product_id in load_from_disk(str(out / "dataset"))["ProductId"]]
+    for line in (out / "left_out.jsonl").open():
+        entry = json.loads(line)
+        listed.append((entry["ProductId"], f"{entry['step']}: {entry['reason'].split(':')[0]}"))
+    assert len({product_id for product_id, _ in listed}) == len(listed)
+    return dict(listed)
 
 
 # -------------------------------------------------------------------------------------------------------- prompts
@@ -144,13 +188,21 @@ def test_interrupted_run_resumes_with_every_item_once(catalog, tmp_path):
     assert records[ids[1]]["raw"][-1].startswith("```json") and records[ids[1]]["description"] == "A plain item."
     assert records[ids[2]]["status"] == "failed" and records[ids[2]]["reason"] == "no JSON object"
     assert len(records[ids[2]]["raw"]) == 3
-    assert summary["step1"] == {"done": 5, "retried": 3, "failed": 1, "reasons": {"no JSON object": 1}}
-    assert summary["step2"] == {"done": 4, "retried": 1, "failed": 1, "reasons": {"empty answer": 1}}
+    assert summary["step1"] == {
+        "done": 5, "retried": 3, "failed": 1, "reasons": {"no JSON object": 1}, "teachers": {"scripted": 6}
+    }  # fmt: skip
+    assert summary["step2"] == {
+        "done": 4, "retried": 1, "failed": 1, "reasons": {"empty answer": 1}, "teachers": {"scripted": 5}
+    }  # fmt: skip
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
 
     dataset = load_from_disk(str(tmp_path / "dataset"))
     assert sorted(dataset["ProductId"]) == sorted(ids[:2] + ids[4:])
-    assert run(catalog, tmp_path, logged(step1, asked := []), logged(step2, asked)) == summary and not asked
+    asked = []
+    assert run(catalog, tmp_path, logged(step1, asked), logged(step2, asked), retry_failed=False) == summary
+    assert not asked
+    run(catalog, tmp_path, logged(step1, asked), logged(step2, asked))  # by default, the failed items again
+    assert sorted(asked) == sorted([ids[2]] * 3 + [ids[3]] * 3)
 
 
 def test_missing_image_is_recorded_not_fatal(catalog, tmp_path):
@@ -159,14 +211,160 @@ def test_missing_image_is_recorded_not_fatal(catalog, tmp_path):
     broken.write_text("\n".join(text[:2] + [text[2].replace(".jpg", "_gone.jpg")]) + "\n")
     summary = run(broken, tmp_path / "out", {"*": GOOD}, {"*": GOOD}, images=str(catalog.parent))
     assert summary["step1"]["failed"] == 1
-    assert list(summary["step1"]["reasons"])[0].startswith("image not found: ")
-    assert summary["dataset"]["rows"] == 1
+    assert summary["step1"]["reasons"] == {"image not found": 1}
+    assert summary["dataset"] == {"rows": 1, "left_out": {"step1": 1}}
+    [entry] = [json.loads(line) for line in (tmp_path / "out" / "left_out.jsonl").open()]
+    assert entry["step"] == "step1" and entry["reason"].endswith("_gone.jpg")
+
+
+def test_one_bad_item_never_stops_the_run(catalog, tmp_path):
+    """A bomb, a corrupt file, an answer that broke the parser and a teacher that raises on one item: each fails
+    alone, with its reason, and the rest of its batch goes on."""
+    csv_path, images = copy_catalog(catalog, tmp_path / "catalog")
+    ids = list(images)
+    write_bomb(images[ids[0]])
+    images[ids[1]].write_bytes(b"\xff\xd8\xff not a JPEG")
+
+    def step1(prompt, image, item_id, attempt):
+        if item_id == ids[3]:
+            raise RuntimeError("CUDA error: device-side assert triggered")
+        return '{{"description": "A plain item."}}' if item_id == ids[2] else GOOD
+
+    summary = run(csv_path, tmp_path / "out", step1, {"*": GOOD})
+    assert summary["step1"]["reasons"] == {"unreadable image": 2, "teacher error": 1}
+    assert summary["step1"]["done"] == 3 and summary["dataset"]["rows"] == 3
+    records = distill.read_journal(tmp_path / "out", "step1")
+    assert "too many pixels" in records[ids[0]]["reason"] and records[ids[0]]["teacher"] is None
+    assert records[ids[3]]["reason"] == "teacher error: RuntimeError: CUDA error: device-side assert triggered"
+    assert records[ids[2]]["description"] == "A plain item."
+    assert fates(tmp_path / "out") == {
+        ids[0]: "step1: unreadable image", ids[1]: "step1: unreadable image", ids[2]: "dataset",
+        ids[3]: "step1: teacher error", ids[4]: "dataset", ids[5]: "dataset",
+    }  # fmt: skip
+
+
+def test_catalogue_rows_with_missing_or_extra_cells(catalog, tmp_path):
+    """csv reads a short row's missing cells as None and extra cells under the key None: neither may stop a run."""
+    rows = read_catalog(catalog)[:3]
+    order = ["ProductId", "Image", *[column for column in rows[0] if column not in ("ProductId", "Image")]]
+    lines = [",".join(order)] + [",".join(row[column] for column in order) for row in rows]
+    lines[1] = ",".join(lines[1].split(",")[:4])  # Colour, Usage ... missing
+    lines[2] += ",an extra cell"
+    (tmp_path / "fashion.csv").write_text("\n".join(lines) + "\n")
+    summary = run(tmp_path / "fashion.csv", tmp_path / "out", {"*": GOOD}, {"*": GOOD}, images=str(catalog.parent))
+    dataset = load_from_disk(str(tmp_path / "out" / "dataset"))
+    assert summary["dataset"]["rows"] == 3 and dataset[0]["Colour"] == "" and dataset[0]["Image"] == rows[0]["Image"]
+
+
+def test_failed_items_are_tried_again_once_fixed(catalog, tmp_path):
+    """A missing image and a teacher that answered badly: fixed, a plain re-run completes both, though the failed
+    records sit in another process's shard."""
+    csv_path, images = copy_catalog(catalog, tmp_path / "catalog")
+    ids = list(images)
+    image = images[ids[0]].read_bytes()
+    images[ids[0]].unlink()
+    out = tmp_path / "out"
+    summary = run(csv_path, out, {ids[1]: "no JSON", "*": GOOD}, {"*": GOOD}, retries=0)
+    assert summary["step1"]["reasons"] == {"image not found": 1, "no JSON object": 1}
+    (out / "step1.rank0.jsonl").rename(out / "step1.rank1.jsonl")  # as if a second process had done them
+
+    images[ids[0]].write_bytes(image)
+    asked = []
+    summary = run(csv_path, out, logged({"*": GOOD}, asked), {"*": GOOD}, retries=0)
+    assert sorted(asked) == sorted(ids[:2])
+    assert summary["step1"]["failed"] == 0 and summary["dataset"]["rows"] == 6
+    records = distill.read_journal(out, "step1")
+    assert records[ids[0]]["round"] == 2 and records[ids[2]]["round"] == 1
+
+
+def test_answer_with_a_line_separator_is_done_once(catalog, tmp_path):
+    """U+2028 inside an answer is no line break of the journal: the item stays done."""
+    summary = run(catalog, tmp_path, {"*": '{"description": "A plain item.\u2028"}'}, {"*": GOOD}, limit=2)
+    assert summary["step1"]["done"] == 2
+    asked = []
+    run(catalog, tmp_path, logged({"*": GOOD}, asked), logged({"*": GOOD}, asked), limit=2)
+    assert not asked
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--retries", "-1"], "--retries must be 0 or more, got -1"),
+        (["--batch_size", "0"], "--batch_size must be 1 or more, got 0"),
+        (["--max_new_tokens", "0"], "--max_new_tokens must be 1 or more"),
+        (["--limit", "0"], "--limit must be 1 or more"),
+        (["--backend", "gpt"], "--backend must be `transformers` or `scripted:<answers.json>`"),
+        (["--backend", "scripted:nowhere.json"], "no such answers file"),
+        (["--images", "nowhere"], "--images nowhere: no such folder"),
+    ],
+)
+def test_bad_arguments_are_refused(catalog, tmp_path, capsys, option, message):
+    with pytest.raises(SystemExit) as exit:
+        distill.main(["--catalog", str(catalog), "--out", str(tmp_path / "out"), *option])
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unusable_files_end_the_cli_with_a_message(catalog, tmp_path):
+    (tmp_path / "fashion.csv").write_text("ProductId,Image\n1,a.jpg\n")
+    with pytest.raises(SystemExit, match="lacks catalogue column"):
+        distill.main(["--catalog", str(tmp_path / "fashion.csv"), "--out", str(tmp_path / "out")])
+    (tmp_path / "answers.json").write_text('{"step2": {}}')
+    answers = f"scripted:{tmp_path / 'answers.json'}"
+    with pytest.raises(SystemExit, match="not a script of answers per step"):
+        distill.main(["--catalog", str(catalog), "--out", str(tmp_path / "out"), "--backend", answers])
+
+
+# ---------------------------------------------------------------------------------------------------------- guard acts
+def test_guard_leaves_flagged_descriptions_out_unless_kept(catalog, tmp_path):
+    """Refined answers that contradict the metadata or quote text off the image stay out of the default dataset,
+    counted per flag kind; `--keep_flagged` keeps them, flags and all, without asking the teachers again."""
+    rows = read_catalog(catalog)
+    rows[0]["Colour"] = "Red"
+    csv_path = write_catalog(tmp_path / "fashion.csv", rows)
+    ids = [row["ProductId"] for row in rows]
+    step2 = {
+        ids[0]: '{"description": "A green item for everyday wear."}',
+        ids[1]: '{"description": "A plain item with \\"JUST DO IT\\" printed on it."}',
+        "*": GOOD,
+    }
+    out = tmp_path / "out"
+    summary = run(csv_path, out, {"*": GOOD}, step2, images=str(catalog.parent))
+    flags = {"colour_conflict": 1, "quoted_text": 1, "all_caps": 1}
+    assert summary["guard"] == {"checked": 6, "flagged": 2, "flags": flags, "keep_flagged": False}
+    assert summary["dataset"] == {"rows": 4, "left_out": {"guard": 2}}
+    assert fates(out) == {ids[0]: "guard: colour_conflict", ids[1]: "guard: quoted_text"} | dict.fromkeys(
+        ids[2:], "dataset"
+    )
+    dataset = load_from_disk(str(out / "dataset"))
+    assert all(row_flags == [] for row_flags in dataset["flags"])
+    assert sum(1 for _ in (out / "descriptions.jsonl").open()) == 4
+    card = dataset_card(summary, "someone/descriptions").text
+    flagged = "2 of the 6 refined descriptions (colour_conflict: 1, quoted_text: 1, all_caps: 1) were flagged"
+    assert f"{flagged} and left out" in " ".join(card.split())
+    assert "The dataset has 4 rows." in card
+
+    asked = []
+    summary = run(csv_path, out, logged({"*": GOOD}, asked), logged(step2, asked), images=str(catalog.parent),
+                  keep_flagged=True)  # fmt: skip
+    assert not asked and summary["dataset"] == {"rows": 6, "left_out": {}} and summary["guard"]["keep_flagged"]
+    dataset = load_from_disk(str(out / "dataset"))
+    kinds = {row["ProductId"]: [flag.split(":")[0] for flag in row["flags"]] for row in dataset}
+    assert kinds == {ids[0]: ["colour_conflict"], ids[1]: ["quoted_text", "all_caps"]} | {key: [] for key in ids[2:]}
+    assert "were flagged and kept" in dataset_card(summary, "someone/descriptions").text
+
+
+def test_card_of_a_scripted_run_names_no_model(catalog, tmp_path):
+    summary = run(catalog, tmp_path, {"*": GOOD}, {"*": GOOD}, limit=2)
+    card = dataset_card(summary, "someone/descriptions").text
+    assert "Phi-3" not in card and "microsoft" not in card
+    assert "to `scripted` (2 items)" in card and "no\nmodel wrote those answers" in card
 
 
 # ---------------------------------------------------------------------------------------------------- outputs
 def test_outputs_have_the_training_columns(catalog, tmp_path):
     ocr = '{"description": "A plain item with \\"JUST DO IT\\" printed."}'
-    run(catalog, tmp_path, {"*": GOOD}, {"*": ocr}, limit=3)
+    run(catalog, tmp_path, {"*": GOOD}, {"*": ocr}, limit=3, keep_flagged=True)
     dataset = load_from_disk(str(tmp_path / "dataset"))
     assert isinstance(dataset.features["image"], Image)
     expected = {"image", "description", "raw_step1", "raw_step2", "flags", "Gender", "Colour", "catalog_description"}
@@ -258,6 +456,7 @@ def test_transformers_teachers_run_end_to_end(catalog, tiny_teachers, tmp_path):
                             batch_size=2, retries=1, max_new_tokens=6, limit=3)  # fmt: skip
     summary = distill.distill(args)  # gibberish answers: every item fails, with its reason, after a retry
     assert summary["step1"]["failed"] == 3 and summary["step1"]["retried"] == 3 and summary["dataset"]["rows"] == 0
+    assert summary["step1"]["teachers"] == {vision: 3} and summary["step2"]["teachers"] == {}
     records = distill.read_journal(tmp_path / "a", "step1").values()
     assert all(len(record["raw"]) == 2 and record["reason"] for record in records)
 
@@ -266,6 +465,9 @@ def test_transformers_teachers_run_end_to_end(catalog, tiny_teachers, tmp_path):
     summary = distill.distill(args, {"step1": lambda: ScriptedBackend({"*": GOOD}), "step2": real_step2})
     assert summary["step1"]["done"] == 3 and summary["step2"]["failed"] == 3
     assert all(len(record["raw"]) == 2 for record in distill.read_journal(tmp_path / "b", "step2").values())
+    assert summary["step1"]["teachers"] == {"scripted": 3} and summary["step2"]["teachers"] == {text: 3}
+    card = dataset_card(summary, "someone/descriptions").text
+    assert f"to `{text}` (3 items)" in card and vision not in card and "Phi-3" not in card
 
 
 # ------------------------------------------------------------------------------------------------------- scale out
@@ -286,3 +488,122 @@ def test_accelerate_launch_splits_items_between_processes(catalog, tmp_path):
     assert sorted(journal_ids(tmp_path / "out", "step2")) == sorted(item["ProductId"] for item in read_catalog(catalog))
     assert len(load_from_disk(str(tmp_path / "out" / "dataset"))) == 6
     assert "step1" in result.stdout and result.stdout.count("dataset: 6 rows") == 1  # the main process merges
+
+
+# -------------------------------------------------------------------------------------------------- fault injection
+KILLED_RUNS = """
+import json, os, signal, sys, traceback
+
+import datasets
+
+from moda.distill import pipeline
+
+countdown = 0  # SIGKILL the run at its countdown-th teacher call, journal write or dataset save
+
+
+def killing(function, tear=False):
+    def wrapper(*args, **kwargs):
+        global countdown
+        countdown -= 1
+        if countdown == 0:
+            if tear:  # as a kill in the middle of a write does: part of the batch on disk
+                path, records = args
+                text = "".join(json.dumps(record) + "\\n" for record in records)
+                with open(path, "a") as file:
+                    file.write(text[: len(text) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+pipeline.ScriptedBackend.generate = killing(pipeline.ScriptedBackend.generate)
+pipeline.append_records = killing(pipeline.append_records, tear=True)
+datasets.Dataset.save_to_disk = killing(datasets.Dataset.save_to_disk)
+exit_codes = []
+for kill_at in map(int, sys.argv[1].split(",")):
+    pid = os.fork()  # each run a process of its own, as a re-run is, without importing torch again
+    if pid == 0:
+        countdown = kill_at
+        try:
+            pipeline.main(sys.argv[2:])
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        os._exit(0)
+    exit_codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+print(json.dumps(exit_codes))
+"""
+
+
+@pytest.mark.slow
+def test_fault_injection_kill_9_and_reruns(tmp_path):
+    """Malformed answers of every kind, missing, corrupt and bomb images, a teacher that raises, and SIGKILLs at
+    seeded random points: the re-runs end with every item in the dataset or left out with its reason, each once;
+    fixing the causes, a re-run completes them. Three runs are killed, each a process forked from one that
+    imported the pipeline once."""
+    csv_path, images = copy_catalog(make_catalog(tmp_path / "drawn", n=12, seed=1, image_size=32), tmp_path / "c")
+    ids = list(images)
+    rows = read_catalog(csv_path)
+    rows[10]["Colour"] = "Red"
+    write_catalog(csv_path, rows)
+    jpeg = images[ids[0]].read_bytes()
+    images[ids[1]].unlink()
+    images[ids[2]].write_bytes(jpeg[: len(jpeg) // 3])  # truncated
+    write_bomb(images[ids[3]])
+    green = '{"description": "A green item for everyday wear."}'
+    quoting = '{"description": "A plain item with \\"JUST DO IT\\" printed on it."}'
+    script = {
+        "step1": {
+            ids[0]: GOOD, ids[1]: GOOD, ids[2]: GOOD, ids[3]: GOOD,
+            ids[4]: [None, "   \n"],
+            ids[5]: '{{"description": "A plain item."}}',
+            ids[6]: ["no JSON here", GOOD],
+            ids[7]: ['{"description": "broken', "{description = red}"],
+            ids[8]: ['{"caption": "A plain item."}', '{"description": "  "}'],
+            ids[9]: GOOD, ids[10]: GOOD, ids[11]: GOOD,
+        },
+        "step2": {  # nothing for ids[6]: the scripted teacher raises KeyError on it
+            ids[0]: GOOD, ids[5]: GOOD, ids[9]: ['{"description": ["red"]}', 5], ids[10]: green, ids[11]: quoting,
+        },
+    }  # fmt: skip
+    answers = tmp_path / "answers.json"
+    answers.write_text(json.dumps(script))
+    out = tmp_path / "out"
+    argv = ["--catalog", str(csv_path), "--out", str(out), "--backend", f"scripted:{answers}", "--batch_size", "2",
+            "--retries", "1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    # A first run has 24 events; with this seed the kills land in a journal write, a teacher call and the save.
+    kill_at = ",".join(str(count) for count in random.Random(1).choices(range(1, 21), k=3))
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUNS, kill_at, *argv], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert killed.returncode == 0, killed.stderr[-3000:]
+    exit_codes = json.loads(killed.stdout.splitlines()[-1])
+    assert set(exit_codes) <= {0, -signal.SIGKILL} and -signal.SIGKILL in exit_codes, killed.stderr[-3000:]
+    distill.main(argv)
+
+    assert fates(out) == {
+        ids[0]: "dataset", ids[1]: "step1: image not found", ids[2]: "step1: unreadable image",
+        ids[3]: "step1: unreadable image", ids[4]: "step1: empty answer", ids[5]: "dataset",
+        ids[6]: "step2: teacher error", ids[7]: "step1: malformed JSON", ids[8]: "step1: empty description",
+        ids[9]: "step2: answer is not text", ids[10]: "guard: colour_conflict", ids[11]: "guard: quoted_text",
+    }  # fmt: skip
+    for step in distill.STEPS:  # a record per item and round: nothing written twice, torn lines left behind
+        records = []
+        for path in out.glob(f"{step}.rank*.jsonl"):
+            for line in path.read_bytes().splitlines():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        assert len({(record["ProductId"], record["round"]) for record in records}) == len(records)
+
+    for product_id in ids[1:4]:
+        images[product_id].write_bytes(jpeg)
+    fixed = {step: {product_id: GOOD for product_id in ids} for step in distill.STEPS}
+    answers.write_text(json.dumps(fixed))
+    distill.main(argv)
+    expected = dict.fromkeys(ids, "dataset") | {ids[10]: "guard: colour_conflict", ids[11]: "guard: quoted_text"}
+    assert fates(out) == expected
+    distill.main([*argv, "--keep_flagged"])
+    assert fates(out) == dict.fromkeys(ids, "dataset")

@@ -2,7 +2,7 @@
 
 Teachers wrap the JSON in code fences, chat around it, use single quotes or leave trailing commas; none of that
 should cost an item. Every answer that still holds no description fails with a short reason, which the pipeline
-records and retries on.
+records and retries on: `AnswerError` is the only exception `parse_description` raises, whatever the answer.
 """
 
 import ast
@@ -25,9 +25,10 @@ def _load_object(candidate: str) -> object:
         lambda: json.loads(_TRAILING_COMMA.sub(r"\1", candidate)),
         lambda: ast.literal_eval(candidate),
     ):
+        # literal_eval raises TypeError on `{{"description": ...}}` (a set holding a dict is unhashable)
         try:
             return attempt()
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             continue
     match = _DESCRIPTION_FIELD.search(candidate)
     if match is None:
@@ -37,7 +38,13 @@ def _load_object(candidate: str) -> object:
 
 def parse_description(answer: str) -> str:
     """The description in `answer`, whitespace collapsed; raises `AnswerError` with the reason when there is none."""
-    if not answer or not answer.strip():
+    if not isinstance(answer, str):
+        raise AnswerError("answer is not text")
+    try:
+        answer.encode("utf-8")  # a lone surrogate could not be written to the dataset
+    except UnicodeEncodeError:
+        raise AnswerError("answer is not valid Unicode") from None
+    if not answer.strip():
         raise AnswerError("empty answer")
     start = answer.find("{")
     if start == -1:

@@ -1,9 +1,9 @@
 """Flag refined descriptions that still quote text off the image or contradict the catalogue metadata.
 
 Prompt II asks the text model to drop OCR text and follow the metadata; small models do not always obey. The guard
-rewrites nothing: it returns flags that the pipeline stores per record (column `flags`), so a training run can
-filter them out (`dataset.filter(lambda row: not row["flags"])`) and the summary can report how often it happens.
-Each flag reads `kind: detail`, e.g. `all_caps: NIKE` or `colour_conflict: red`.
+rewrites nothing: it returns flags, and the pipeline leaves a flagged description out of the dataset (listed in
+`left_out.jsonl`, counted per kind in the summary), or with `--keep_flagged` keeps it with its flags in column
+`flags`. Each flag reads `kind: detail`, e.g. `all_caps: NIKE` or `colour_conflict: red`.
 """
 
 import re
