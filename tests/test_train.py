@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoProcessor, CLIPVisionModelWithProjection
 
 import train_hf
@@ -108,9 +110,17 @@ def test_model_name_or_path_tower_trains_only_when_not_frozen(tiny_checkpoint, f
     assert model.config.freeze_vision is freeze
 
 
-def test_model_name_or_path_refuses_another_models_checkpoint(tiny_backbones):
+def test_model_name_or_path_refuses_another_models_checkpoint_and_missing_weights(tiny_backbones, tiny_checkpoint,
+                                                                                  tmp_path):
+    """Either would otherwise fine-tune randomly initialised weights without a word."""
     with pytest.raises(ValueError, match="'opt' checkpoint, not a MODA"):
         train_hf.build_model(train_hf.ModelArguments(model_name_or_path=str(tiny_backbones[1])))
+    partial = shutil.copytree(tiny_checkpoint, tmp_path / "partial")
+    weights = load_file(partial / "model.safetensors")
+    save_file({name: weight for name, weight in weights.items() if not name.startswith("projector.")},
+              partial / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="lacks 4 MODA weights"):
+        train_hf.build_model(train_hf.ModelArguments(model_name_or_path=str(partial)))
 
 
 def test_cache_means_no_vision_forward_after_caching(catalogue, tiny_backbones, tmp_path, monkeypatch):
