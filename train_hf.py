@@ -44,11 +44,10 @@ from transformers.utils import logging
 
 import modeling_moda  # noqa: F401  (registers the "moda" Auto classes)
 from moda.cpu_memory import reuse_freed_memory
+from moda.fast_path_files import write_fast_path_files
 from moda.lora import DEFAULT_TARGET_MODULES, lora_config
 from moda.loss_curve import plot_loss_curve
-from modeling_moda import MODAForConditionalGeneration
-from modeling_moda.caption_drafts import build_caption_drafter, save_caption_drafter
-from modeling_moda.caption_vocabulary import build_caption_vocabulary, save_caption_vocabulary
+from modeling_moda import MODAConfig, MODAForConditionalGeneration
 from modeling_moda.fast_inference import cpu_has_native_bf16
 from processing import MODAProcessor
 from processing.data import (
@@ -67,6 +66,11 @@ logger = logging.get_logger("moda.train")
 
 @dataclass
 class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "an existing MODA (folder or Hub id) to fine-tune, with its processor; --vision_model, "
+                  "--text_model, --image_features and --projector_hidden_size are then ignored"},
+    )
     vision_model: str = field(
         default="patrickjohncyh/fashion-clip", metadata={"help": "CLIP checkpoint (hub id or folder) for the tower"}
     )
@@ -284,17 +288,40 @@ def prepare_demo(data_args: DataArguments, model_args: ModelArguments, output_di
 
 
 def build_model(model_args: ModelArguments) -> tuple[MODAForConditionalGeneration, MODAProcessor]:
-    model = MODAForConditionalGeneration.from_backbones(
-        model_args.vision_model,
-        model_args.text_model,
-        image_features=model_args.image_features,
-        freeze_vision=model_args.freeze_vision,
-        projector_hidden_size=model_args.projector_hidden_size,
-    )
-    processor = MODAProcessor.from_backbones(
-        model_args.vision_model, model_args.text_model, num_image_tokens=model.config.num_image_tokens
-    )
+    """The MODA of --model_name_or_path with its processor, or a new one from --vision_model and --text_model; its
+    vision tower trains only with --freeze_vision false (from_pretrained alone leaves every weight trainable)."""
+    if model_args.model_name_or_path:
+        model, processor = load_moda(model_args.model_name_or_path)
+        model.config.freeze_vision = model_args.freeze_vision
+    else:
+        model = MODAForConditionalGeneration.from_backbones(
+            model_args.vision_model,
+            model_args.text_model,
+            image_features=model_args.image_features,
+            freeze_vision=model_args.freeze_vision,
+            projector_hidden_size=model_args.projector_hidden_size,
+        )
+        processor = MODAProcessor.from_backbones(
+            model_args.vision_model, model_args.text_model, num_image_tokens=model.config.num_image_tokens
+        )
+    model.vision_tower.requires_grad_(not model_args.freeze_vision)
     return model, processor
+
+
+def load_moda(name_or_path: str) -> tuple[MODAForConditionalGeneration, MODAProcessor]:
+    """A saved MODA and its processor, every weight from the checkpoint; ValueError for another model's checkpoint
+    (whose weights would load into a random MODA without a word)."""
+    model_type = MODAConfig.get_config_dict(name_or_path)[0].get("model_type")
+    if model_type != MODAConfig.model_type:
+        raise ValueError(
+            f"--model_name_or_path {name_or_path} is a {model_type!r} checkpoint, not a MODA: pass a saved MODA, "
+            "or build a new one with --vision_model and --text_model"
+        )
+    model, loading = MODAForConditionalGeneration.from_pretrained(name_or_path, output_loading_info=True)
+    if loading["missing_keys"]:
+        missing = sorted(loading["missing_keys"])
+        raise ValueError(f"--model_name_or_path {name_or_path} lacks {len(missing)} MODA weights, e.g. {missing[:3]}")
+    return model, MODAProcessor.from_pretrained(name_or_path)
 
 
 def add_lora(model: MODAForConditionalGeneration, model_args: ModelArguments):
@@ -428,11 +455,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     model = save_final(trainer, model, processor, model_args, output_dir)
     if trainer.is_world_process_zero():
-        # what `moda describe --fast int8` lets the LM head score (modeling_moda/caption_vocabulary.py) and the
-        # guesses it checks several at a time (modeling_moda/caption_drafts.py)
-        captions = splits["train"]["description"]
-        save_caption_vocabulary(build_caption_vocabulary(processor.tokenizer, captions), output_dir)
-        save_caption_drafter(build_caption_drafter(processor.tokenizer, captions), output_dir)
+        write_fast_path_files(output_dir, splits["train"]["description"], processor.tokenizer)
         for name in ("test", "holdout"):
             if name in splits and len(splits[name]):
                 predictions = generate_descriptions(model, processor, splits[name], data_args)

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from peft import PeftModel
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoProcessor, CLIPVisionModelWithProjection
 
 import train_hf
@@ -82,6 +82,50 @@ def test_outputs_and_remote_code_checkpoint(catalogue, tiny_backbones, tmp_path)
     drafter = load_caption_drafter(out)
     first_tokens = {ids[0] for ids in processor.tokenizer(captions, add_special_tokens=False)["input_ids"]}
     assert drafter.draft([processor.tokenizer.bos_token_id], 1)[0] in first_tokens
+
+
+def test_model_name_or_path_fine_tunes_a_saved_moda_with_its_frozen_tower(catalogue, tiny_backbones, tiny_checkpoint,
+                                                                           tmp_path):
+    """The checkpoint's weights and processor are the start (the backbone flags are ignored); the tower runs every
+    step (no cache) and still does not change, the projector and LM do."""
+    out = tmp_path / "fine_tuned"
+    train_hf.main(_args(catalogue, tiny_backbones, out, "--model_name_or_path", str(tiny_checkpoint), "--max_steps",
+                        "2", "--cache_image_embeds", "false"))
+    start = AutoModel.from_pretrained(tiny_checkpoint, trust_remote_code=True).state_dict()
+    tuned = AutoModel.from_pretrained(out, trust_remote_code=True)
+    assert tuned.projector.linear_1.weight.shape == start["projector.linear_1.weight"].shape  # not the flag's 32
+    for name, weight in tuned.state_dict().items():
+        if name.startswith("vision_tower."):
+            assert torch.equal(weight, start[name]), name
+    assert not torch.equal(tuned.projector.linear_1.weight, start["projector.linear_1.weight"])
+    embeddings = start["language_model.model.decoder.embed_tokens.weight"]
+    assert not torch.equal(tuned.get_input_embeddings().weight, embeddings)
+    processor = AutoProcessor.from_pretrained(out, trust_remote_code=True)
+    assert processor.tokenizer.get_vocab() == AutoProcessor.from_pretrained(tiny_checkpoint).tokenizer.get_vocab()
+    assert load_caption_vocabulary(out) and load_caption_drafter(out)  # the fast path's files of the new captions
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_model_name_or_path_tower_trains_only_when_not_frozen(tiny_checkpoint, freeze):
+    """from_pretrained alone leaves the tower trainable whatever config.freeze_vision says: --freeze_vision decides."""
+    model_args = train_hf.ModelArguments(model_name_or_path=str(tiny_checkpoint), freeze_vision=freeze)
+    model, _ = train_hf.build_model(model_args)
+    assert {parameter.requires_grad for parameter in model.vision_tower.parameters()} == {not freeze}
+    assert all(parameter.requires_grad for parameter in model.projector.parameters())
+    assert model.config.freeze_vision is freeze
+
+
+def test_model_name_or_path_refuses_another_models_checkpoint_and_missing_weights(tiny_backbones, tiny_checkpoint,
+                                                                                  tmp_path):
+    """Either would otherwise fine-tune randomly initialised weights without a word."""
+    with pytest.raises(ValueError, match="'opt' checkpoint, not a MODA"):
+        train_hf.build_model(train_hf.ModelArguments(model_name_or_path=str(tiny_backbones[1])))
+    partial = shutil.copytree(tiny_checkpoint, tmp_path / "partial")
+    weights = load_file(partial / "model.safetensors")
+    save_file({name: weight for name, weight in weights.items() if not name.startswith("projector.")},
+              partial / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="lacks 4 MODA weights"):
+        train_hf.build_model(train_hf.ModelArguments(model_name_or_path=str(partial)))
 
 
 def test_cache_means_no_vision_forward_after_caching(catalogue, tiny_backbones, tmp_path, monkeypatch):
