@@ -54,7 +54,7 @@ def test_image_changes_the_prediction(tiny_model, tiny_processor, photos):
 
 def test_mismatched_placeholders_raise(tiny_model, tiny_processor, photos):
     batch = tiny_processor(images=photos[:2])
-    with pytest.raises(ValueError, match="<image> tokens"):
+    with pytest.raises(ValueError, match="<image> placeholders"):
         tiny_model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"][:1])
     with pytest.raises(ValueError, match="either pixel_values or image_embeds"):
         tiny_model(**batch, image_embeds=torch.zeros(2, 1, tiny_model.config.vision_feature_size))
