@@ -108,10 +108,14 @@ def test_generation_prompt_is_image_then_bos(tiny_processor, photos):
     assert "labels" not in batch
 
 
-def test_max_length_keeps_the_eos(tiny_processor, photos):
-    batch = tiny_processor(images=photos[0], text="A navy blue men's checked shirt", return_labels=True, max_length=3)
-    assert batch["input_ids"].shape[1] == 2 + 3
+def test_max_length_counts_the_whole_sequence_and_keeps_the_eos(tiny_processor, photos):
+    batch = tiny_processor(images=photos[0], text="A navy blue men's checked shirt", return_labels=True, max_length=5)
+    assert batch["input_ids"].shape[1] == 5  # image, BOS, 2 text tokens, EOS
     assert batch["input_ids"][0, -1] == tiny_processor.tokenizer.eos_token_id
+    uncut = tiny_processor(images=photos[0], text="A navy blue men's checked shirt", max_length=5, truncation=False)
+    assert uncut["input_ids"].shape[1] > 5
+    with pytest.raises(ValueError, match="no room for the 2 image and BOS tokens"):
+        tiny_processor(images=photos[0], text="A navy", return_labels=True, max_length=2)
 
 
 def test_batch_decode_returns_clean_descriptions(tiny_processor, photos):
