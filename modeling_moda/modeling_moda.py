@@ -338,8 +338,10 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         placeholders = self.get_placeholder_mask(input_ids, inputs_embeds)
 
         if pixel_values is None and image_embeds is None:
-            starts = cache is None or cache.get_seq_length() == 0  # later passes may hold a generated <image>
-            if starts and not is_torchdynamo_compiling() and placeholders.any():
+            # checked where a sequence starts (later passes may hold a generated <image>), and not while compiling,
+            # where a data-dependent branch would break the graph
+            starts = not is_torchdynamo_compiling() and (cache is None or cache.get_seq_length() == 0)
+            if starts and placeholders.any():
                 raise ValueError(
                     f"the inputs hold {int(placeholders.sum())} <image> placeholders but no image: pass "
                     "pixel_values (MODAProcessor(images=...)) or image_embeds. A pipeline reads a lone string as "
@@ -459,6 +461,7 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         self,
         input_ids: torch.LongTensor,
         cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         image_embeds: torch.FloatTensor | None = None,
         **kwargs,
@@ -466,7 +469,7 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         """Image inputs go with the pass that starts the sequences (empty cache), where the placeholders are, in
         whichever `generate` call makes it: an assistant model's first draft included. Later passes, and a
         continuation from a returned cache, read the image from the cache."""
-        model_inputs = super().prepare_inputs_for_generation(input_ids, cache=cache, **kwargs)
+        model_inputs = super().prepare_inputs_for_generation(input_ids, cache=cache, inputs_embeds=inputs_embeds, **kwargs)
         if cache is None or cache.get_seq_length() == 0:
             model_inputs.update(
                 {name: value for name, value in (("pixel_values", pixel_values), ("image_embeds", image_embeds))
