@@ -60,12 +60,12 @@ def load_rgb_image(image: ImageLike, name: str = "image") -> Image.Image:
 
 def _open_image(source: str | os.PathLike, name: str) -> Image.Image:
     path = Path(source)
-    if not path.is_file() and isinstance(source, str) and _is_remote_or_inline(source):
+    if isinstance(source, str) and _is_remote_or_inline(source) and not _is_file(path):
         try:
             return load_image(source)
         except Exception as error:  # network, base64 and decoder libraries each raise their own types
-            raise ValueError(f"{name}: cannot load {source[:80]!r} as an image ({error})") from error
-    if not path.is_file():
+            raise ValueError(f"{name}: cannot load {source[:80]!r}... as an image ({error})") from error
+    if not _is_file(path):
         raise ValueError(f"{name}: no such image file: {path}")
     try:
         with Image.open(path) as opened:
@@ -76,6 +76,13 @@ def _open_image(source: str | os.PathLike, name: str) -> Image.Image:
         raise ValueError(f"{name}: {path} has too many pixels to decode safely ({error})") from error
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(f"{name}: cannot read {path} as an image ({error})") from error
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a base64 string longer than a file name may be
+        return False
 
 
 def _is_remote_or_inline(source: str) -> bool:
