@@ -105,7 +105,7 @@ class MODAPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = True  # no data-dependent branch once the image is in the cache
+    _can_compile_fullgraph = True  # forward traces without graph breaks (tests/test_common_model.py)
 
 
 @dataclass
@@ -155,7 +155,8 @@ class MODAModel(nn.Module):
         inputs_embeds: torch.FloatTensor | None = None,
         **kwargs,
     ) -> MultimodalBaseModelOutputWithPast:
-        inputs_embeds, image_outputs = self.owner.embed_inputs(input_ids, pixel_values, image_embeds, inputs_embeds, cache)
+        owner = self.owner
+        inputs_embeds, image_outputs = owner.embed_inputs(input_ids, pixel_values, image_embeds, inputs_embeds, cache)
         outputs = self.language_model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache, **kwargs
         )
@@ -469,7 +470,9 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         """Image inputs go with the pass that starts the sequences (empty cache), where the placeholders are, in
         whichever `generate` call makes it: an assistant model's first draft included. Later passes, and a
         continuation from a returned cache, read the image from the cache."""
-        model_inputs = super().prepare_inputs_for_generation(input_ids, cache=cache, inputs_embeds=inputs_embeds, **kwargs)
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, cache=cache, inputs_embeds=inputs_embeds, **kwargs
+        )
         if cache is None or cache.get_seq_length() == 0:
             model_inputs.update(
                 {name: value for name, value in (("pixel_values", pixel_values), ("image_embeds", image_embeds))
@@ -514,4 +517,6 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         return greedy_generate(self, **inputs, generation_config=resolved, drafter=drafter)
 
 
-__all__ = ["MODACausalLMOutputWithPast", "MODAForConditionalGeneration", "MODAModel", "MODAPreTrainedModel", "MODAProjector"]
+__all__ = [
+    "MODACausalLMOutputWithPast", "MODAForConditionalGeneration", "MODAModel", "MODAPreTrainedModel", "MODAProjector"
+]

@@ -1,10 +1,11 @@
 """MODAProcessor: turns photos and descriptions into MODA's inputs, and generated ids back into text.
 
 A sequence is ``[pad ...] <image> x num_image_tokens, BOS, prompt or description tokens [, EOS]``, padded on
-the left so that batched generation continues every sequence from its last real token.
+the left so that batched generation continues every sequence from its last real token. The processor writes it as
+text and the tokenizer makes the ids; its chat template renders a conversation to the same layout.
 
 This file is copied next to the saved processor by ``save_pretrained``; it imports only transformers, tokenizers,
-PIL, numpy and torch, so a saved folder loads with ``trust_remote_code=True`` and no install.
+PIL and numpy, so a saved folder loads with ``trust_remote_code=True`` and no install.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tokenizers import AddedToken
 from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin

@@ -161,7 +161,8 @@ def test_return_dict_false(model, inputs):  # test_model_outputs_equivalence
     torch.testing.assert_close(as_tuple[1], as_dict.logits)
 
 
-def test_left_padding_matches_unpadded_rows(model, inputs):  # test_left_padding_compatibility, test_batching_equivalence
+# test_left_padding_compatibility, test_batching_equivalence
+def test_left_padding_matches_unpadded_rows(model, inputs):
     with torch.no_grad():
         batched = model(**inputs).logits[:, -1]
         for row in range(TESTER.batch_size):
@@ -273,15 +274,16 @@ def test_generate_is_the_forward_argmax(model, inputs):  # test_greedy_generate:
 
 
 @pytest.mark.parametrize("assistant", ["same", "random"])
-def test_assisted_decoding_matches_greedy_search(model, inputs, assistant):  # test_assisted_decoding_matches_greedy_search
+def test_assisted_decoding_matches_greedy_search(model, inputs, assistant):  # the common test of that name
     single = real_rows(inputs, 0)  # assisted decoding takes one row
     helper = model if assistant == "same" else make_model(seed=1)
     helper.generation_config.num_assistant_tokens = 2
     helper.generation_config.num_assistant_tokens_schedule = "constant"
-    assert torch.equal(model.generate(**single, **GENERATE, assistant_model=helper), model.generate(**single, **GENERATE))
+    assisted = model.generate(**single, **GENERATE, assistant_model=helper)
+    assert torch.equal(assisted, model.generate(**single, **GENERATE))
 
 
-def test_prompt_lookup_decoding_matches_greedy_search(model, inputs):  # test_prompt_lookup_decoding_matches_greedy_search
+def test_prompt_lookup_decoding_matches_greedy_search(model, inputs):  # the common test of that name
     single = real_rows(inputs, 1)
     looked_up = model.generate(**single, **GENERATE, prompt_lookup_num_tokens=2)
     assert torch.equal(looked_up, model.generate(**single, **GENERATE))

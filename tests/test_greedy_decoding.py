@@ -104,7 +104,7 @@ def test_a_length_is_required(no_eos_model, tiny_processor, photos8):
         greedy_generate(no_eos_model, **tiny_processor(images=photos8[:1]), max_new_tokens=-2)
 
 
-# --- generate_fast: the generation config resolved as generate resolves it ---------------------------------------------
+# --- generate_fast: the generation config resolved as generate resolves it --------------------------------------------
 
 
 @pytest.fixture
@@ -112,9 +112,12 @@ def lean_calls(monkeypatch) -> list[dict]:
     """Records every call generate_fast makes to the lean loop."""
     calls = []
     lean = modeling_moda.modeling_moda.greedy_generate
-    monkeypatch.setattr(
-        modeling_moda.modeling_moda, "greedy_generate", lambda *args, **kwargs: calls.append(kwargs) or lean(*args, **kwargs)
-    )
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return lean(*args, **kwargs)
+
+    monkeypatch.setattr(modeling_moda.modeling_moda, "greedy_generate", recording)
     return calls
 
 
@@ -143,7 +146,7 @@ def test_generate_fast_takes_the_lean_loop_for_plain_greedy(no_eos_model, tiny_p
 def test_checkpoint_generation_config_sends_generate_fast_to_generate(
     tiny_model, tiny_processor, photos8, tmp_path, lean_calls, settings, changes_the_text
 ):
-    """What generation_config.json asks for, generate_fast does too: it goes to generate for anything but plain greedy."""
+    """What generation_config.json asks for, generate_fast does too: anything but plain greedy goes to generate."""
     model = copy.deepcopy(tiny_model)
     model.generation_config.update(**settings, eos_token_id=None, max_new_tokens=NEW_TOKENS)
     model.save_pretrained(tmp_path)

@@ -208,7 +208,7 @@ def test_siglip_vision_backbone_and_patch_features(tmp_path, tiny_backbones, tin
     assert ids.shape[0] == 2
 
 
-# --- the config after loading, and what a transformers user meets first ------------------------------------------------
+# --- the config after loading, and what a transformers user meets first -----------------------------------------------
 
 
 def test_from_pretrained_keeps_the_vision_tower_frozen(tiny_checkpoint):
@@ -263,7 +263,7 @@ def test_shift_labels_give_the_labels_loss_and_never_target_the_image(tiny_model
         torch.testing.assert_close(tiny_model(**without_labels, shift_labels=leaked).loss, from_labels)
 
 
-# --- peft --------------------------------------------------------------------------------------------------------------
+# --- peft -------------------------------------------------------------------------------------------------------------
 
 
 def test_lora_config_adapts_the_language_model_and_trains_the_projector(tiny_checkpoint):

@@ -63,7 +63,9 @@ def test_chat_messages_are_moda_prompts(describe, tiny_model, tiny_processor):
     photo = make_photo(2)
     messages = [{"role": "user", "content": [{"type": "image", "image": photo}, {"type": "text", "text": "A red"}]}]
     assert tiny_processor.apply_chat_template(messages) == f"<image>{tiny_processor.tokenizer.bos_token}A red"
-    chat_inputs = tiny_processor.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True)
+    chat_inputs = tiny_processor.apply_chat_template(
+        messages, tokenize=True, return_dict=True, add_generation_prompt=True
+    )
     inputs = tiny_processor(images=photo, text="A red")
     assert chat_inputs.keys() == inputs.keys() and all(torch.equal(chat_inputs[k], inputs[k]) for k in inputs)
 
@@ -84,7 +86,8 @@ def test_chat_images_may_be_paths_and_base64(describe, tiny_processor, tmp_path)
         describe(text=[{"role": "user", "content": [{"type": "image", **source}]}], max_new_tokens=NEW_TOKENS)
         for source in ({"path": str(tmp_path / "photo.png")}, {"url": data_uri}, {"image": photo})
     ]
-    assert replies[0][0]["generated_text"][-1] == replies[1][0]["generated_text"][-1] == replies[2][0]["generated_text"][-1]
+    answers = [reply[0]["generated_text"][-1] for reply in replies]
+    assert answers[0] == answers[1] == answers[2]
 
 
 def test_a_lone_path_is_a_clear_error(describe, tmp_path):
