@@ -8,7 +8,7 @@ tree, the `DynamicCache` concatenations and `generate`'s logits processors and s
 the model's own submodules (its layer norms and linear layers, quantized or not) directly, writes keys and values
 into one preallocated cache, and picks the argmax (benchmarks/inference.py's "lean" rows measure it).
 
-Given a `drafter` (e.g. `processing.caption_drafts.CaptionDrafter`), each pass also checks the tokens it guesses
+Given a `drafter` (e.g. `caption_drafts.CaptionDrafter`), each pass also checks the tokens it guesses
 come next: one pass reads the weights once for several tokens, and only the guesses the model itself would have
 written are kept, so the text is still the model's greedy text (speculative decoding, with a lookup table as the
 draft model; benchmarks/inference.py's "drafts" rows).
