@@ -405,10 +405,11 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         shift_labels = kwargs.pop("shift_labels", None)
-        targets = None
-        if labels is not None or shift_labels is not None:  # placeholders found before images overwrite them
-            targets = self.next_token_labels(self.get_placeholder_mask(input_ids, inputs_embeds), labels, shift_labels)
+        token_embeds = inputs_embeds  # where placeholders are found without input_ids, before images overwrite them
         inputs_embeds, image_outputs = self.embed_inputs(input_ids, pixel_values, image_embeds, inputs_embeds, cache)
+        targets = None
+        if labels is not None or shift_labels is not None:
+            targets = self.next_token_labels(self.get_placeholder_mask(input_ids, token_embeds), labels, shift_labels)
         if skip_logits is None:
             skip_logits = self.training and targets is not None and supports_labelled_head(self.config.text_config)
         language_inputs = {"attention_mask": attention_mask, "position_ids": position_ids, "cache": cache,

@@ -323,13 +323,17 @@ class MODAProcessor(ProcessorMixin):
         if max_length is None or truncation in (False, "do_not_truncate"):
             return sequences
         keep = max_length - int(add_eos)
-        prefix = self.num_image_tokens + int(self.tokenizer.bos_token_id is not None)
-        if keep < prefix:
+        if keep < self.prefix_length:
             raise ValueError(
-                f"max_length={max_length} leaves no room for the {prefix} image and BOS tokens"
+                f"max_length={max_length} leaves no room for the {self.prefix_length} image and BOS tokens"
                 f"{' and the EOS' if add_eos else ''} every sequence starts with"
             )
         return [sequence[:keep] for sequence in sequences]
+
+    @property
+    def prefix_length(self) -> int:
+        """Tokens before a sequence's text: the image placeholders and BOS."""
+        return self.num_image_tokens + int(self.tokenizer.bos_token_id is not None)
 
     def _labels(self, input_ids: list[int], attention_mask: list[int]) -> list[int]:
         """Training targets: the description and its EOS; pads, placeholders and what comes up to BOS get -100."""

@@ -10,6 +10,7 @@ from PIL import Image
 
 from conftest import make_photo
 from processing import load_rgb_image, processing_moda
+from processing.data import MODACollator
 from processing.processing_moda import CHAT_TEMPLATE
 
 
@@ -121,6 +122,10 @@ def test_max_length_counts_the_whole_sequence_and_keeps_the_eos(tiny_processor, 
     assert uncut["input_ids"].shape[1] > 5
     with pytest.raises(ValueError, match="no room for the 2 image and BOS tokens"):
         tiny_processor(images=photos[0], text="A navy", return_labels=True, max_length=2)
+    # the training collator's max_length stays a description budget (train_hf.py --max_length)
+    collated = MODACollator(tiny_processor, max_length=3)([{"description": "A navy blue men's checked shirt",
+                                                            "image_embeds": np.zeros((1, 4), dtype=np.float32)}])
+    assert collated["input_ids"].shape[1] == tiny_processor.prefix_length + 3
 
 
 def test_batch_decode_returns_clean_descriptions(tiny_processor, photos):
