@@ -1,7 +1,7 @@
 """Greedy descriptions in a lean decoding loop: the same tokens as `model.generate`, fewer Python calls per token.
 
-    from modeling_moda.greedy_decoding import greedy_generate, supports_greedy_generate
-    sequences = greedy_generate(model, **processor(images=photos), max_new_tokens=32)
+    sequences = model.generate_fast(**processor(images=photos))   # the documented entry point
+    sequences = greedy_generate(model, **processor(images=photos), max_new_tokens=32)   # the loop itself
 
 Why: a MODA description is 32 tokens from a 125M decoder, so on a CPU every token pays for OPT's module
 tree, the `DynamicCache` concatenations and `generate`'s logits processors and stopping criteria. This loop calls
@@ -14,7 +14,9 @@ written are kept, so the text is still the model's greedy text (speculative deco
 draft model; benchmarks/inference.py's "drafts" rows).
 
 It covers what `moda describe` runs, greedy decoding of a pre-LayerNorm OPT decoder (OPT-125M, MODA's language
-model); `supports_greedy_generate` says when, and everything else goes through `model.generate`.
+model) with only length and special-token settings: `lean_generation_config` resolves the generation config as
+`generate` does (the checkpoint's `generation_config.json` with the call's arguments over it) and says when, and
+`model.generate_fast` sends everything else to `model.generate`.
 tests/test_greedy_decoding.py and tests/test_caption_drafts.py check it writes the tokens `generate` writes.
 """
 
@@ -25,6 +27,7 @@ from typing import Mapping, Protocol, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import GenerationConfig
 
 from .fast_inference import ShortlistHead, eos_token_ids
 
@@ -155,11 +158,13 @@ def greedy_generate(
     max_new_tokens: int | None = None,
     drafter: Drafter | None = None,
     draft_tokens: int = 8,
+    generation_config: GenerationConfig | None = None,
 ) -> torch.LongTensor:
     """`model.generate(..., do_sample=False, num_beams=1)` for a MODA model with an OPT decoder: prompt + new tokens.
 
-    Stops at the generation config's EOS (rows that finished early are filled with its pad token) or after
-    `max_new_tokens` (default: the generation config's). With a `drafter`, every pass after the prompt also checks
+    Stops at the generation config's EOS (rows that finished early are filled with its pad token, else its first
+    EOS, as `generate` does) or after `max_new_tokens` (default: the generation config's). `generation_config`
+    defaults to the model's. With a `drafter`, every pass after the prompt also checks
     up to `draft_tokens` of its guesses; a batch keeps the guesses all its unfinished rows agree with. A wrong guess
     still costs compute (a 9-token pass of OPT-125M takes about 1.5x a 1-token pass on 2 CPU cores), so the number
     asked for adapts: it halves after a pass that kept no guess (down to 1) and doubles, up to `draft_tokens`, after
@@ -170,7 +175,7 @@ def greedy_generate(
             f"greedy_generate implements pre-LayerNorm OPT decoders; this model's language model is "
             f"{model.config.text_config.model_type!r}: use model.generate"
         )
-    generation_config = model.generation_config
+    generation_config = model.generation_config if generation_config is None else generation_config
     max_new_tokens = generation_config.max_new_tokens if max_new_tokens is None else max_new_tokens
     if max_new_tokens is None or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1 (argument or generation config), got {max_new_tokens}")
@@ -178,12 +183,14 @@ def greedy_generate(
         raise ValueError(f"draft_tokens must be 0 or more, got {draft_tokens}")
     device = input_ids.device
     eos_ids = torch.tensor(eos_token_ids(generation_config), dtype=torch.long, device=device)
-    pad_id = generation_config.pad_token_id if generation_config.pad_token_id is not None else 0
+    pad_id = next(
+        (token for token in (generation_config.pad_token_id, *eos_ids.tolist()) if token is not None), 0
+    )
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
 
     decoder = model.language_model.get_decoder()
-    embeddings = model.embed_inputs(input_ids, pixel_values, image_embeds)
+    embeddings, _ = model.embed_inputs(input_ids, pixel_values, image_embeds)
     batch, prompt_length = input_ids.shape
     total = prompt_length + max_new_tokens
     key_is_real = torch.ones(batch, total, dtype=torch.bool, device=device)
@@ -240,29 +247,41 @@ def greedy_generate(
     return torch.cat([input_ids, torch.stack(new_tokens, 1)], 1)
 
 
-def lean_decoding_applies(model: nn.Module, generate_kwargs: dict) -> bool:
-    """`greedy_generate` covers greedy decoding (no beams, no sampling, only a length) of an OPT decoder."""
-    greedy = generate_kwargs.get("num_beams", 1) == 1 and not generate_kwargs.get("do_sample", False)
-    plain = set(generate_kwargs) <= {"max_new_tokens", "num_beams", "do_sample"}
-    return greedy and plain and supports_greedy_generate(model)
+# What `greedy_generate` reads: the inputs, and generation settings that change no token when they are plain
+LEAN_INPUTS = {"input_ids", "attention_mask", "pixel_values", "image_embeds"}
+LEAN_SETTINGS = {
+    "max_new_tokens", "max_length", "eos_token_id", "pad_token_id", "bos_token_id", "use_cache",
+    "transformers_version", "_from_model_config",
+}
 
 
-def generate_fast(
-    model: nn.Module, inputs: Mapping[str, torch.Tensor], drafter: Drafter | None = None, **generate_kwargs
-) -> torch.LongTensor:
-    """`greedy_generate` wherever it applies (`lean_decoding_applies`), else `model.generate(**inputs, ...)`.
+def lean_generation_config(
+    model: nn.Module, generation_config: GenerationConfig | None, kwargs: Mapping
+) -> GenerationConfig | None:
+    """The generation config `model.generate(generation_config=generation_config, **kwargs)` would run with, when
+    `greedy_generate` writes the same tokens under it; None when only `generate` can.
 
-    The `drafter`'s guesses are checked for a batch of one row only: a batch keeps only the guesses all its rows
-    agree with, and its passes already read each weight once for many tokens.
+    That is: an OPT decoder, only MODA's inputs, a cache, a `max_new_tokens`, and every other setting at its
+    plain-greedy default once `model.generation_config` and the global defaults are merged in, as `generate`
+    merges them. A `repetition_penalty` in generation_config.json, sampling, beams, an assistant model, a logits
+    processor, a streamer or `return_dict_in_generate` all leave it to `generate`.
     """
-    if not lean_decoding_applies(model, generate_kwargs):
-        return model.generate(**inputs, **generate_kwargs)
-    return greedy_generate(
-        model,
-        **inputs,
-        max_new_tokens=generate_kwargs.get("max_new_tokens"),
-        drafter=drafter if len(inputs["input_ids"]) == 1 else None,
-    )
+    if not supports_greedy_generate(model):
+        return None
+    resolved, model_kwargs = model._prepare_generation_config(generation_config, **kwargs)
+    if "input_ids" not in model_kwargs or not set(model_kwargs) <= LEAN_INPUTS:
+        return None
+    plain = GenerationConfig()
+    plain.update(**plain._get_default_generation_params())
+    defaults = plain.to_dict()
+    changed = [
+        name
+        for name, value in resolved.to_dict().items()
+        if name not in LEAN_SETTINGS and value != defaults.get(name) and (value or defaults.get(name))
+    ]
+    if changed or not resolved.use_cache or resolved.max_new_tokens is None:
+        return None
+    return resolved
 
 
-__all__ = ["Drafter", "generate_fast", "greedy_generate", "lean_decoding_applies", "supports_greedy_generate"]
+__all__ = ["Drafter", "greedy_generate", "lean_generation_config", "supports_greedy_generate"]

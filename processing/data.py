@@ -366,7 +366,9 @@ def split_dataset(
 class MODACollator:
     """Builds a training batch with the processor (EOS appended, loss only on description tokens).
 
-    Rows carrying cached ``image_embeds`` skip the images entirely: the vision tower does not run.
+    `max_length` counts description tokens (EOS included); the processor's own `max_length` counts the whole
+    sequence, image placeholders and BOS too. Rows carrying cached ``image_embeds`` skip the images entirely: the
+    vision tower does not run.
     """
 
     processor: MODAProcessor
@@ -374,12 +376,13 @@ class MODACollator:
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         texts = [row["description"] for row in rows]
+        length = None if self.max_length is None else self.processor.prefix_length + self.max_length
         if "image_embeds" in rows[0]:
-            batch = self.processor(text=texts, return_labels=True, max_length=self.max_length)
+            batch = self.processor(text=texts, return_labels=True, max_length=length)
             batch["image_embeds"] = stack_embeds(rows)
         else:
             images = [open_image(row["image"]) for row in rows]
-            batch = self.processor(images=images, text=texts, return_labels=True, max_length=self.max_length)
+            batch = self.processor(images=images, text=texts, return_labels=True, max_length=length)
         return dict(batch)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 
 import torch
@@ -77,3 +78,71 @@ def test_pipeline_returns_the_generated_description(tiny_checkpoint, tiny_model,
     outputs = describe(images=photos[:2], text=["", ""])
     expected = tiny_processor.batch_decode(tiny_model.generate(**tiny_processor(images=photos[:2]), do_sample=False))
     assert [output["generated_text"] for output in outputs] == expected
+
+
+# The issue's doors, through the saved folder's own code: config after loading, image checks, the forward and
+# generate contract, the chat template and the pipeline, and generate_fast under the folder's generation config.
+TRANSFORMERS_DOORS = """
+import json
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
+
+folder, image_path = sys.argv[1:]
+model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+photo = Image.open(image_path)
+inputs = processor(images=photo, text="A red")
+report = {"module": type(model).__module__, "base_model": type(model.base_model).__name__}
+report["vision_trainable"] = any(p.requires_grad for p in model.vision_tower.parameters())
+try:
+    model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=2)
+except ValueError as error:
+    report["no_image"] = str(error)
+report["tuple"] = isinstance(model(**inputs, return_dict=False), tuple)
+greedy = dict(max_new_tokens=6, do_sample=False)
+report["generate"] = model.generate(**inputs, **greedy).tolist()
+report["generate_fast"] = model.generate_fast(**inputs, **greedy).tolist()
+report["assisted"] = model.generate(**inputs, **greedy, assistant_model=model).tolist()
+report["static"] = model.generate(**inputs, **greedy, cache_implementation="static").tolist()
+first = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+mask = torch.nn.functional.pad(inputs["attention_mask"], (0, 3), value=1)
+report["continued"] = model.generate(
+    input_ids=first.sequences, attention_mask=mask, cache=first.past_key_values, max_new_tokens=3, do_sample=False
+).tolist()
+messages = [{"role": "user", "content": [{"type": "image", "path": image_path}, {"type": "text", "text": "A red"}]}]
+chat = processor.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True)
+report["chat_ids"] = chat["input_ids"].tolist()
+report["pipeline"] = pipeline("image-text-to-text", model=model, processor=processor)(
+    text=messages, max_new_tokens=6)[0]["generated_text"][-1]["content"]
+report["decoded"] = processor.batch_decode(report["generate"])[0]
+print(json.dumps(report))
+"""
+
+
+def test_clean_process_gets_the_transformers_doors_from_the_folder(tiny_checkpoint, tiny_processor, photos, tmp_path):
+    folder = tmp_path / "penalised"
+    shutil.copytree(tiny_checkpoint, folder)
+    settings = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps({**settings, "repetition_penalty": 1.5}))
+    photos[0].save(tmp_path / "photo.png")
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+    command = clean_command(TRANSFORMERS_DOORS, folder, tmp_path / "photo.png")
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+
+    assert report["module"].startswith("transformers_modules.") and report["base_model"] == "MODAModel"
+    assert report["vision_trainable"] is False
+    assert "placeholders but no image" in report["no_image"]
+    assert report["tuple"] is True
+    # the folder's repetition penalty reaches every door, generate_fast included
+    assert report["generate_fast"] == report["generate"] == report["assisted"] == report["static"]
+    unpenalised = MODAForConditionalGeneration.from_pretrained(tiny_checkpoint)
+    inputs = tiny_processor(images=photos[0], text="A red")
+    expected = unpenalised.generate(**inputs, max_new_tokens=6, do_sample=False, repetition_penalty=1.5)
+    assert report["generate"] == expected.tolist()
+    assert report["generate"] != unpenalised.generate(**inputs, max_new_tokens=6, do_sample=False).tolist()
+    assert report["continued"] == report["generate"]
+    assert report["chat_ids"] == tiny_processor(images=photos[0], text="A red")["input_ids"].tolist()
+    assert "A red" + report["pipeline"] == report["decoded"]

@@ -5,7 +5,9 @@ import copy
 import pytest
 import torch
 from conftest import make_photo, sharpen
+from transformers import GenerationConfig
 
+import modeling_moda.modeling_moda
 from modeling_moda import MODAConfig, MODAForConditionalGeneration
 from modeling_moda.fast_inference import apply_cpu_fast_path
 from modeling_moda.greedy_decoding import greedy_generate, supports_greedy_generate
@@ -100,3 +102,88 @@ def test_a_length_is_required(no_eos_model, tiny_processor, photos8):
         greedy_generate(no_eos_model, **tiny_processor(images=photos8[:1]))
     with pytest.raises(ValueError, match="max_new_tokens"):
         greedy_generate(no_eos_model, **tiny_processor(images=photos8[:1]), max_new_tokens=-2)
+
+
+# --- generate_fast: the generation config resolved as generate resolves it --------------------------------------------
+
+
+@pytest.fixture
+def lean_calls(monkeypatch) -> list[dict]:
+    """Records every call generate_fast makes to the lean loop."""
+    calls = []
+    lean = modeling_moda.modeling_moda.greedy_generate
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return lean(*args, **kwargs)
+
+    monkeypatch.setattr(modeling_moda.modeling_moda, "greedy_generate", recording)
+    return calls
+
+
+def test_generate_fast_takes_the_lean_loop_for_plain_greedy(no_eos_model, tiny_processor, photos8, lean_calls):
+    inputs = tiny_processor(images=photos8[:3])
+    fast = no_eos_model.generate_fast(**inputs, max_new_tokens=NEW_TOKENS, do_sample=False, num_beams=1)
+    assert len(lean_calls) == 1
+    with torch.inference_mode():
+        assert torch.equal(fast, no_eos_model.generate(**inputs, max_new_tokens=NEW_TOKENS))
+    positional = no_eos_model.generate_fast(inputs.pop("input_ids"), **inputs, max_new_tokens=NEW_TOKENS)
+    assert len(lean_calls) == 2 and torch.equal(positional, fast)
+
+
+@pytest.mark.parametrize(
+    "settings, changes_the_text",
+    [
+        ({"repetition_penalty": 1.5}, True),
+        ({"no_repeat_ngram_size": 2}, True),
+        ({"do_sample": True, "top_k": 5}, True),
+        ({"num_beams": 3}, True),
+        ({"min_new_tokens": 4}, False),  # without EOS every description is long enough already
+        ({"suppress_tokens": [5, 6]}, False),  # tokens the tiny model may not write anyway
+    ],
+    ids=["repetition_penalty", "no_repeat_ngram", "sampling", "beams", "min_new_tokens", "suppress_tokens"],
+)
+def test_checkpoint_generation_config_sends_generate_fast_to_generate(
+    tiny_model, tiny_processor, photos8, tmp_path, lean_calls, settings, changes_the_text
+):
+    """What generation_config.json asks for, generate_fast does too: anything but plain greedy goes to generate."""
+    model = copy.deepcopy(tiny_model)
+    model.generation_config.update(**settings, eos_token_id=None, max_new_tokens=NEW_TOKENS)
+    model.save_pretrained(tmp_path)
+    loaded = MODAForConditionalGeneration.from_pretrained(tmp_path)
+    assert loaded.generation_config.to_diff_dict().items() >= settings.items()
+    inputs = tiny_processor(images=photos8[:2])
+    torch.manual_seed(0)
+    fast = loaded.generate_fast(**inputs)
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        assert torch.equal(fast, loaded.generate(**inputs))
+    assert lean_calls == []
+    plain = greedy_generate(loaded, **inputs, generation_config=GenerationConfig(max_new_tokens=NEW_TOKENS))
+    assert torch.equal(fast, plain) != changes_the_text
+
+
+def test_call_arguments_beyond_plain_greedy_go_to_generate(no_eos_model, tiny_processor, photos8, lean_calls):
+    inputs = tiny_processor(images=photos8[:2])
+    returned = no_eos_model.generate_fast(**inputs, max_new_tokens=4, return_dict_in_generate=True, output_scores=True)
+    assert len(returned.scores) == 4
+    assert no_eos_model.generate_fast(**inputs, max_new_tokens=4, use_cache=False).shape == (2, 6)
+    embeds = no_eos_model.get_input_embeddings()(inputs["input_ids"])
+    from_embeds = no_eos_model.generate_fast(
+        inputs_embeds=embeds, attention_mask=inputs["attention_mask"], pixel_values=inputs["pixel_values"],
+        max_new_tokens=4,
+    )
+    assert from_embeds.shape == (2, 4)
+    assert lean_calls == []
+
+
+def test_generate_fast_pads_finished_rows_as_generate_does_without_a_pad_token(tiny_model, tiny_processor, photos8):
+    model = copy.deepcopy(tiny_model)
+    inputs = tiny_processor(images=photos8)
+    with torch.inference_mode():
+        free_running = model.generate(**inputs, max_new_tokens=NEW_TOKENS)
+    model.generation_config.eos_token_id = [int(free_running[0, 4]), int(free_running[1, 3])]
+    model.generation_config.pad_token_id = None  # generate pads with the first EOS
+    with torch.inference_mode():
+        reference = model.generate(**inputs, max_new_tokens=NEW_TOKENS)
+    assert torch.equal(model.generate_fast(**inputs, max_new_tokens=NEW_TOKENS), reference)

@@ -54,7 +54,7 @@ def test_image_changes_the_prediction(tiny_model, tiny_processor, photos):
 
 def test_mismatched_placeholders_raise(tiny_model, tiny_processor, photos):
     batch = tiny_processor(images=photos[:2])
-    with pytest.raises(ValueError, match="<image> tokens"):
+    with pytest.raises(ValueError, match="<image> placeholders"):
         tiny_model(input_ids=batch["input_ids"], pixel_values=batch["pixel_values"][:1])
     with pytest.raises(ValueError, match="either pixel_values or image_embeds"):
         tiny_model(**batch, image_embeds=torch.zeros(2, 1, tiny_model.config.vision_feature_size))
@@ -206,3 +206,99 @@ def test_siglip_vision_backbone_and_patch_features(tmp_path, tiny_backbones, tin
     processor = type(tiny_processor)(tiny_processor.image_processor, tiny_processor.tokenizer, num_image_tokens=16)
     ids = model.generate(**processor(images=[make_photo(1), make_photo(2)]), max_new_tokens=4)
     assert ids.shape[0] == 2
+
+
+# --- the config after loading, and what a transformers user meets first -----------------------------------------------
+
+
+def test_from_pretrained_keeps_the_vision_tower_frozen(tiny_checkpoint):
+    model = MODAForConditionalGeneration.from_pretrained(tiny_checkpoint)
+    assert not any(parameter.requires_grad for parameter in model.vision_tower.parameters())
+    assert all(parameter.requires_grad for parameter in model.projector.parameters())
+    unfrozen = MODAForConditionalGeneration.from_pretrained(tiny_checkpoint, freeze_vision=False)
+    assert all(parameter.requires_grad for parameter in unfrozen.vision_tower.parameters())
+
+
+def test_placeholders_without_an_image_are_an_error(tiny_model, tiny_processor, photos):
+    inputs = tiny_processor(images=photos[:2])
+    text_only = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    with pytest.raises(ValueError, match="2 <image> placeholders but no image: pass pixel_values"):
+        tiny_model.generate(**text_only, max_new_tokens=3)
+    with pytest.raises(ValueError, match="placeholders but no image"):
+        tiny_model(**text_only)
+    with pytest.raises(ValueError, match="placeholders but no image"):
+        tiny_model(inputs_embeds=tiny_model.get_input_embeddings()(inputs["input_ids"]))
+
+
+def test_an_image_without_placeholders_is_an_error(tiny_model, tiny_processor, photos):
+    tokenizer = tiny_processor.tokenizer
+    text = tokenizer(["A red dress"], return_tensors="pt")  # the tokenizer alone writes no <image>
+    with pytest.raises(ValueError, match="0 <image> placeholders but the images give 1 features"):
+        tiny_model.generate(**text, pixel_values=tiny_processor(images=photos[0])["pixel_values"], max_new_tokens=3)
+
+
+def test_inputs_embeds_with_pixel_values_equal_input_ids(tiny_model, tiny_processor, photos):
+    batch = tiny_processor(images=photos[:2], text=["A red", "Black casual shoes"])
+    embeds = tiny_model.get_input_embeddings()(batch["input_ids"])
+    with torch.no_grad():
+        from_ids = tiny_model(**batch).logits
+        from_embeds = tiny_model(
+            inputs_embeds=embeds, attention_mask=batch["attention_mask"], pixel_values=batch["pixel_values"]
+        ).logits
+    torch.testing.assert_close(from_embeds, from_ids)
+
+
+def test_shift_labels_give_the_labels_loss_and_never_target_the_image(tiny_model, tiny_processor, photos):
+    batch = tiny_processor(images=photos[:2], text=FASHION_TEXTS[:2], return_labels=True)
+    shifted = torch.nn.functional.pad(batch["labels"][:, 1:], (0, 1), value=-100)
+    image_position = (batch["input_ids"] == tiny_processor.image_token_id).int().argmax(1)
+    row = int(image_position.argmax())
+    assert image_position[row] > 0, "the shorter description's row is padded: a position comes before its image"
+    leaked = shifted.clone()
+    leaked[row, image_position[row] - 1] = tiny_processor.image_token_id  # "predict the image token"
+    without_labels = {key: value for key, value in batch.items() if key != "labels"}
+    with torch.no_grad():
+        from_labels = tiny_model(**batch).loss
+        torch.testing.assert_close(tiny_model(**without_labels, shift_labels=shifted).loss, from_labels)
+        torch.testing.assert_close(tiny_model(**without_labels, shift_labels=leaked).loss, from_labels)
+
+
+# --- peft -------------------------------------------------------------------------------------------------------------
+
+
+def test_lora_config_adapts_the_language_model_and_trains_the_projector(tiny_checkpoint):
+    from peft import LoraConfig, get_peft_model
+
+    from moda.lora import lora_config
+
+    def trainable(config) -> list[str]:
+        model = get_peft_model(MODAForConditionalGeneration.from_pretrained(tiny_checkpoint), config)
+        return [name for name, parameter in model.named_parameters() if parameter.requires_grad]
+
+    plain = trainable(LoraConfig(target_modules=["q_proj", "v_proj"]))  # CLIP's attention has the same names
+    assert any("vision_tower" in name for name in plain) and not any("projector" in name for name in plain)
+    moda = trainable(lora_config())
+    assert not any("vision_tower" in name for name in moda) and any("projector" in name for name in moda)
+
+
+def test_auto_peft_model_loads_a_moda_adapter(tiny_checkpoint, tiny_processor, photos, tmp_path):
+    from peft import AutoPeftModel, PeftModel, get_peft_model
+
+    from moda.lora import lora_config
+
+    adapted = get_peft_model(MODAForConditionalGeneration.from_pretrained(tiny_checkpoint), lora_config())
+    with torch.no_grad():
+        for name, parameter in adapted.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_()  # a trained adapter: it changes the text
+    adapted.save_pretrained(tmp_path)
+    adapted.eval()  # get_peft_model leaves the model training: LoRA dropout on
+    inputs = tiny_processor(images=photos[:2])
+    expected = adapted.generate(**inputs, max_new_tokens=6, do_sample=False)
+    # the adapter names its base class's module; peft imports only allow-listed ones
+    loaded = AutoPeftModel.from_pretrained(tmp_path, import_allowlist=["modeling_moda"])
+    assert torch.equal(loaded.generate(**inputs, max_new_tokens=6, do_sample=False), expected)
+    base = MODAForConditionalGeneration.from_pretrained(tiny_checkpoint)
+    assert not torch.equal(base.generate(**inputs, max_new_tokens=6, do_sample=False), expected)
+    reloaded = PeftModel.from_pretrained(base, tmp_path)
+    assert torch.equal(reloaded.generate(**inputs, max_new_tokens=6, do_sample=False), expected)

@@ -21,6 +21,7 @@ MODEL_FILES = {
     "caption_drafts.py",
     "caption_vocabulary.json",
     "caption_vocabulary.py",
+    "chat_template.jinja",
     "config.json",
     "configuration_moda.py",
     "fast_inference.py",
