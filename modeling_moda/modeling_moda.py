@@ -496,9 +496,18 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         (`name_or_path`: a folder or a Hub repo).
         """
         source = self.name_or_path  # "" for a model built in memory: it has no checkpoint files
-        use_vocabulary = source and mode == "int8" and not full_vocabulary
-        apply_cpu_fast_path(self, mode, vision, load_caption_vocabulary(source) if use_vocabulary else None)
+        vocabulary = load_caption_vocabulary(source) if source and mode == "int8" and not full_vocabulary else None
+        apply_cpu_fast_path(self, mode, vision, vocabulary)
         self.caption_drafter = load_caption_drafter(source) if source and drafts and mode != "none" else None
+        missing = [name for name, wanted, found in (
+            ("caption_vocabulary.json", source and mode == "int8" and not full_vocabulary, vocabulary),
+            ("caption_drafts.json", source and drafts and mode != "none", self.caption_drafter),
+        ) if wanted and found is None]  # fmt: skip
+        if missing:
+            logger.warning_once(
+                f"{source} has no {' or '.join(missing)}: the CPU fast path runs without it (slower). Write them "
+                f"from the training captions: python -m moda.fast_path_files --model {source} --captions CAPTIONS"
+            )
         return self
 
     def generate_fast(

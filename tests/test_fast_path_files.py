@@ -20,10 +20,13 @@ def trained_elsewhere(tiny_checkpoint, tmp_path):
     return shutil.copytree(tiny_checkpoint, tmp_path / "model")
 
 
-def test_written_files_switch_on_the_shortlist_and_the_drafts(trained_elsewhere, tiny_processor):
+def test_written_files_switch_on_the_shortlist_and_the_drafts(trained_elsewhere, tiny_processor, caplog):
     before, _ = load_model(str(trained_elsewhere), fast="int8")
     assert not isinstance(before.language_model.get_output_embeddings(), ShortlistHead)
     assert before.caption_drafter is None
+    # without the files the fast path says so, and how to write them
+    assert "no caption_vocabulary.json or caption_drafts.json" in caplog.text
+    assert "python -m moda.fast_path_files" in caplog.text
 
     captions = FASHION_TEXTS[:4]
     write_fast_path_files(trained_elsewhere, ["", *captions, "   "])  # blank lines are no captions
