@@ -186,11 +186,13 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         self.caption_drafter: CaptionDrafter | None = None  # set by optimize_for_cpu, read by generate_fast
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs) -> MODAForConditionalGeneration:
+    def from_pretrained(cls, *args, **kwargs) -> MODAForConditionalGeneration | tuple:
         """`PreTrainedModel.from_pretrained`, then `config.freeze_vision` again: loading replaces every parameter
         with a fresh trainable one, which would let a Trainer run on a saved MODA train its vision tower."""
-        model = super().from_pretrained(*args, **kwargs)
-        return model.freeze_vision_tower()
+        loaded = super().from_pretrained(*args, **kwargs)
+        if isinstance(loaded, tuple):  # output_loading_info=True: (model, loading_info)
+            return loaded[0].freeze_vision_tower(), *loaded[1:]
+        return loaded.freeze_vision_tower()
 
     def freeze_vision_tower(self) -> MODAForConditionalGeneration:
         """Applies `config.freeze_vision`: the vision tower gets no gradients (the original recipe trains only the
