@@ -1,4 +1,4 @@
-"""The demo catalogue: Kaggle layout, images, determinism, variety, and captions that name colour and product."""
+"""The demo catalogue: Kaggle layout, images, determinism, variety, and captions that state what the drawing shows."""
 
 import csv
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from moda.demo.catalog import CSV_COLUMNS, main, make_catalog, product_noun
+from moda.demo.catalog import CSV_COLUMNS, PATTERNS, main, make_catalog, pattern_word, product_noun
 
 
 def _read_rows(csv_path: Path) -> list[dict[str, str]]:
@@ -58,16 +58,19 @@ def test_catalogue_is_varied(catalogue):
     for category in ("Apparel", "Footwear"):
         assert len({row["ProductType"] for row in rows if row["Category"] == category}) >= 4
     assert len({row["Colour"] for row in rows}) >= 12
+    assert {row["Pattern"] for row in rows} == set(PATTERNS)
     assert {row["Gender"] for row in rows} <= {"Men", "Women", "Boys", "Girls"}
     assert len({row["description"] for row in rows}) > 250
 
 
-def test_every_description_names_colour_and_product(catalogue):
+def test_every_description_names_colour_pattern_and_product(catalogue):
     _, rows = catalogue
     for row in rows:
         description = row["description"].lower()
         assert row["Colour"].lower() in description, row
+        assert pattern_word(row["Pattern"]) in description, row
         assert product_noun(row["ProductType"]) in description, row
+
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):

@@ -12,6 +12,7 @@ import pytest
 from moda.clean_process import clean_command
 from moda.demo.catalog import make_catalog
 from moda.metrics import METRICS_DIR, load_metric
+from moda.metrics.fashion_attributes.fashion_vocabulary import ATTRIBUTES
 
 
 def _row(colour: str, product_type: str, gender: str = "Women", usage: str = "Party") -> dict[str, str]:
@@ -90,30 +91,69 @@ def test_rouge_l_rewards_shared_subsequences(rouge):
     assert set(same) == {"rouge1", "rouge2", "rougeL"}
 
 
-_RED_DRESS = _row("Red", "Dresses")
+_RED_DRESS = {"Colour": "Red", "ProductType": "Dresses", "Pattern": "Striped", "Gender": "Women", "Usage": "Party"}
+# Per attribute: a description of the red striped women's party dress that names it right, names a wrong value,
+# leaves it out, and names the right value next to a wrong one.
+DESCRIPTIONS = {
+    "Colour": {"right": "A red dress.", "wrong": "A green dress.", "missing": "A dress.",
+               "contradicting": "A red and black dress."},
+    "ProductType": {"right": "A red dress.", "wrong": "A red skirt.", "missing": "Something red.",
+                    "contradicting": "A red dress with a jacket."},
+    "Pattern": {"right": "A striped dress.", "wrong": "A checked dress.", "missing": "A dress.",
+                "contradicting": "A striped polka-dot dress."},
+    "Gender": {"right": "A dress for women.", "wrong": "A dress for men.", "missing": "A dress.",
+               "contradicting": "A dress for women and girls."},
+    "Usage": {"right": "A dress for parties.", "wrong": "A dress for the office.", "missing": "A dress.",
+              "contradicting": "A dress for parties and workouts."},
+}  # fmt: skip
+EXPECTED = {  # (named right, contradicted, stated)
+    "right": (1.0, 0.0, 1.0), "wrong": (0.0, 1.0, 1.0), "missing": (0.0, 0.0, 0.0), "contradicting": (1.0, 1.0, 1.0),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("attribute", DESCRIPTIONS)
+@pytest.mark.parametrize("case", EXPECTED)
+def test_each_attribute_right_wrong_missing_and_contradicted(attributes, attribute, case):
+    description = DESCRIPTIONS[attribute][case]
+    scores = attributes.compute(predictions=[description], references=[_RED_DRESS])
+    prefix = ATTRIBUTES[attribute]
+    rates = tuple(scores[f"{prefix}_{key}"] for key in ("accuracy", "contradiction_rate", "stated_rate"))
+    assert rates == EXPECTED[case], description
+    assert scores["contradiction_free_rate"] == 1.0 - EXPECTED[case][1]
+    assert scores["contradiction_rate"] == EXPECTED[case][1]
+
+
 _NAVY_SHIRT = _row("Navy Blue", "Shirts", "Men", "Casual")
 _OFF_WHITE_KURTA = _row("Off White", "Kurtas", "Men", "Ethnic")
 ATTRIBUTE_CASES = {
-    "right caption": ("A red women's striped dress, perfect for parties.", _RED_DRESS,
-                      {"colour_and_type_accuracy": 1.0, "gender_accuracy": 1.0, "usage_accuracy": 1.0,
-                       "contradiction_rate": 0.0}),
-    "wrong colour": ("A green dress for women.", _RED_DRESS,
-                     {"colour_accuracy": 0.0, "product_type_accuracy": 1.0, "colour_contradiction_rate": 1.0}),
-    "extra colour": ("A red and black dress for women.", _RED_DRESS,
-                     {"colour_accuracy": 1.0, "colour_contradiction_rate": 1.0, "contradiction_rate": 1.0}),
+    "hyphen and plural": ("Two T-shirts in polka dots.", {**_row("White", "Tshirts"), "Pattern": "Polka-dot"},
+                          {"product_type_accuracy": 1.0, "pattern_accuracy": 1.0, "contradiction_rate": 0.0}),
+    "no hyphen": ("A tshirt with stripes.", {**_row("White", "Tshirts"), "Pattern": "Striped"},
+                  {"product_type_accuracy": 1.0, "pattern_accuracy": 1.0, "contradiction_rate": 0.0}),
+    "plural of a catalogue value": ("Red dresses.", _row("Red", "Dresses"),
+                                    {"product_type_accuracy": 1.0, "contradiction_rate": 0.0}),
+    "singular of a plural noun": ("A pink flip-flop and a sandal.", _row("Pink", "Flip Flops"),
+                                  {"product_type_accuracy": 1.0, "product_type_contradiction_rate": 1.0}),
     "navy blue is one colour": ("Navy blue checked shirt for men, ideal for casual wear.", _NAVY_SHIRT,
                                 {"colour_accuracy": 1.0, "contradiction_rate": 0.0}),
     "blue is not navy blue": ("Blue checked shirt for men.", _NAVY_SHIRT,
                               {"colour_accuracy": 0.0, "colour_contradiction_rate": 1.0}),
     "t-shirt is not also a shirt": ("A white t-shirt for boys.", _row("White", "Tshirts", "Boys", "Casual"),
                                     {"product_type_accuracy": 1.0, "product_type_contradiction_rate": 0.0}),
-    "sports shoes are no sports usage": ("Black sports shoes for men.", _row("Black", "Sports Shoes", "Men", "Sports"),
-                                         {"product_type_accuracy": 1.0, "usage_accuracy": 0.0}),
+    "sports shoes are no sports usage": ("Black sports shoes.", _row("Black", "Sports Shoes", "Men", "Casual"),
+                                         {"product_type_accuracy": 1.0, "usage_stated_rate": 0.0}),
+    "casual shoes are no casual usage": ("Black casual shoes.", _row("Black", "Casual Shoes", "Men", "Formal"),
+                                         {"product_type_accuracy": 1.0, "usage_contradiction_rate": 0.0}),
     "unknown Kaggle values": ("An off white kurta for men.", _OFF_WHITE_KURTA,
                               {"colour_and_type_accuracy": 1.0, "contradiction_rate": 0.0}),
     "unknown Kaggle values, wrong": ("A white kurta for women.", _OFF_WHITE_KURTA,
                                      {"colour_accuracy": 0.0, "gender_contradiction_rate": 1.0}),
-}
+    "no Pattern column: pattern skipped": ("A checked red dress.", _row("Red", "Dresses"),
+                                           {"pattern_accuracy": None, "pattern_contradiction_rate": None,
+                                            "contradiction_free_rate": 1.0}),
+    "empty value: nothing to contradict": ("A red dress for men.", _row("Red", "Dresses", gender=""),
+                                           {"gender_accuracy": None, "contradiction_free_rate": 1.0}),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("case", ATTRIBUTE_CASES)
@@ -123,14 +163,33 @@ def test_attribute_scores(attributes, case):
     assert {key: scores[key] for key in expected} == expected
 
 
-def test_catalogue_descriptions_name_their_attributes_without_contradiction(attributes, tmp_path):
+def test_rates_are_fractions_of_the_rows_with_a_value(attributes):
+    scores = attributes.compute(
+        predictions=["A red striped dress.", "A blue plain dress for men.", "A red dress."],
+        references=[_RED_DRESS, {**_RED_DRESS, "Pattern": "Solid", "Colour": "Blue"}, {**_RED_DRESS, "Pattern": ""}],
+    )
+    assert scores["pattern_accuracy"] == 1.0 and scores["pattern_stated_rate"] == 1.0  # the third row has none
+    assert scores["gender_contradiction_rate"] == pytest.approx(1 / 3)
+    assert scores["colour_and_type_accuracy"] == 1.0
+    assert scores["contradiction_free_rate"] == pytest.approx(2 / 3)
+
+
+def test_catalogue_descriptions_state_colour_pattern_and_type_and_nothing_else(attributes, tmp_path):
     with make_catalog(tmp_path, n=60, seed=1, image_size=32).open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     scores = attributes.compute(
         predictions=[row["description"] for row in rows],
-        references=[{key: row[key] for key in ("Colour", "ProductType", "Gender", "Usage")} for row in rows],
+        references=[{key: row[key] for key in ATTRIBUTES} for row in rows],
     )
-    for key in ("colour_accuracy", "product_type_accuracy", "usage_accuracy"):
-        assert scores[key] == 1.0, key
-    assert scores["gender_accuracy"] > 0.5
-    assert scores["contradiction_rate"] == 0.0
+    for prefix in ("colour", "product_type", "pattern"):
+        assert scores[f"{prefix}_accuracy"] == 1.0, prefix
+    for prefix in ("gender", "usage"):  # no drawing shows them
+        assert scores[f"{prefix}_stated_rate"] == 0.0, prefix
+    assert scores["contradiction_free_rate"] == 1.0
+
+
+def test_references_may_leave_out_attributes(attributes):
+    attributes.add(prediction="A red dress for women.", reference={"Colour": "Red", "ProductType": "Dresses"})
+    scores = attributes.compute()
+    assert scores["colour_and_type_accuracy"] == 1.0
+    assert scores["gender_accuracy"] is None and scores["pattern_stated_rate"] is None

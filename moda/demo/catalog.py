@@ -1,9 +1,14 @@
 """The bundled demo catalogue: procedurally drawn fashion items in the Kaggle "fashion-images" layout.
 
 MODA is trained on the Kaggle fashion-images catalogue, which cannot be downloaded here. This module draws a
-stand-in with the same CSV columns, so every pipeline (training, distillation, metrics, the Space) runs end to end
-offline and in tests. Each product type has its own silhouette and each colour a distinct RGB value; position,
-scale, rotation, pattern, background and noise vary so that the task is not trivial.
+stand-in with the same CSV columns (plus ``Pattern``), so every pipeline (training, distillation, metrics, the
+Space) runs end to end offline and in tests. Each product type has its own silhouette, each colour a distinct RGB
+value and each pattern (plain, striped, checked, polka-dot) a texture coarse enough to read at 64 pixels; position,
+scale, rotation, background and noise vary so that the task is not trivial.
+
+A caption states only what the drawing shows: colour, pattern and product type ("A red striped dress."). Gender and
+usage stay in their columns, as in the Kaggle catalogue, but no drawing shows them, so no caption claims them: a
+model trained on captions that did would learn to guess.
 
     python -m moda.demo.catalog --out data/demo --n 300 --seed 0
 
@@ -29,20 +34,15 @@ from tqdm.auto import tqdm
 from processing.data import KAGGLE_COLUMNS
 
 from ..metrics.fashion_attributes.fashion_vocabulary import COLOURS as VOCABULARY_COLOURS
-from ..metrics.fashion_attributes.fashion_vocabulary import (
-    GENDER_WORDS,
-    PATTERNS as VOCABULARY_PATTERNS,
-    USAGE_PHRASES,
-    gender_possessive,
-    pattern_word,
-    product_noun,
-)
+from ..metrics.fashion_attributes.fashion_vocabulary import GENDER_WORDS
+from ..metrics.fashion_attributes.fashion_vocabulary import PATTERNS as VOCABULARY_PATTERNS
+from ..metrics.fashion_attributes.fashion_vocabulary import pattern_word, product_noun
 
 
 logger = logging.getLogger(__name__)
 
 CSV_NAME = "fashion.csv"
-CSV_COLUMNS = (*KAGGLE_COLUMNS, "description")
+CSV_COLUMNS = (*KAGGLE_COLUMNS, "Pattern", "description")
 
 Point = tuple[float, float]
 # A silhouette draws the item's body (filled with the fabric) and its details (drawn in a darker or lighter shade)
@@ -94,7 +94,6 @@ _PAINT = {
 COLOURS: tuple[Colour, ...] = tuple(Colour(name, rgb) for name, rgb in _PAINT.items() if name in VOCABULARY_COLOURS)
 
 PATTERNS: tuple[str, ...] = tuple(VOCABULARY_PATTERNS)
-
 
 
 def _scaled(points: Sequence[Point], side: int) -> list[Point]:
@@ -251,22 +250,31 @@ def _shade(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
 
 
 def _fabric(side: int, rgb: tuple[int, int, int], pattern: str, rng: random.Random) -> Image.Image:
-    """A square of cloth in the item's colour, with the pattern drawn in a shade of the same colour."""
+    """A square of cloth in the item's colour, with the pattern drawn in a shade of the same colour.
+
+    Each pattern covers its own share of the cloth: stripes half in one direction, gingham checks three quarters (bands
+    both ways in a half shade, full shade where they cross), polka dots a fifth. Its period (6 to 10 pixels at 64)
+    keeps them apart at the side the demo's vision tower sees."""
     fabric = Image.new("RGB", (side, side), rgb)
     draw = ImageDraw.Draw(fabric)
     shade = _shade(rgb)
-    period = rng.randint(max(4, side // 16), max(6, side // 8))
+    period = rng.randint(max(4, side // 10), max(6, side // 6))
+    band = max(1, period // 2)
     if pattern == "Striped":
         vertical = rng.random() < 0.5
         for offset in range(0, side, period):
-            line = [(offset, 0), (offset, side)] if vertical else [(0, offset), (side, offset)]
-            draw.line(line, fill=shade, width=max(1, period // 2))
+            box = [offset, 0, offset + band - 1, side] if vertical else [0, offset, side, offset + band - 1]
+            draw.rectangle(box, fill=shade)
     elif pattern == "Checked":
+        half_shade = tuple((channel + shaded) // 2 for channel, shaded in zip(rgb, shade))
         for offset in range(0, side, period):
-            draw.line([(offset, 0), (offset, side)], fill=shade, width=max(1, period // 4))
-            draw.line([(0, offset), (side, offset)], fill=shade, width=max(1, period // 4))
+            draw.rectangle([offset, 0, offset + band - 1, side], fill=half_shade)
+            draw.rectangle([0, offset, side, offset + band - 1], fill=half_shade)
+        for x in range(0, side, period):
+            for y in range(0, side, period):
+                draw.rectangle([x, y, x + band - 1, y + band - 1], fill=shade)
     elif pattern == "Polka-dot":
-        radius = max(1, period // 4)
+        radius = period / 4
         for row, y in enumerate(range(0, side + period, period)):
             for x in range((row % 2) * period // 2, side + period, period):
                 draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=shade)
@@ -308,22 +316,22 @@ def draw_item(product_type: ProductType, colour: Colour, pattern: str, side: int
     return Image.fromarray(pixels, mode="RGB")
 
 
-def describe(product_type: ProductType, colour: str, pattern: str, gender: str, usage: str, rng: random.Random) -> str:
-    """A short caption in one of several phrasings; it always names the colour and the product noun."""
+def describe(product_type: ProductType, colour: str, pattern: str, rng: random.Random) -> str:
+    """A short caption in one of several phrasings, stating what the drawing shows: colour, pattern, product type."""
     colour_words = colour.lower()
     noun = product_type.noun
     pattern_words = pattern_word(pattern)
-    usage_phrase = rng.choice(USAGE_PHRASES[usage])
-    gender_plural = GENDER_WORDS[gender][0]
-    if product_type.is_pair:
-        article = "A pair of"
-    else:
-        article = "An" if colour_words[0] in "aeiou" else "A"
+
+    def article(word: str) -> str:
+        if product_type.is_pair:
+            return "A pair of"
+        return "An" if word[0] in "aeiou" else "A"
+
     templates = (
-        f"{article} {colour_words} {gender_possessive(gender)} {pattern_words} {noun}, perfect for {usage_phrase}.",
-        f"{colour_words.capitalize()} {pattern_words} {noun} for {gender_plural}, ideal for {usage_phrase}.",
-        f"{pattern_words.capitalize()} {noun} in {colour_words} for {gender_plural}, made for {usage_phrase}.",
-        f"Stylish {colour_words} {noun} with a {pattern_words} look, a great pick for {usage_phrase}.",
+        f"{article(colour_words)} {colour_words} {pattern_words} {noun}.",
+        f"{colour_words.capitalize()} {noun} with a {pattern_words} look.",
+        f"{pattern_words.capitalize()} {noun} in {colour_words}.",
+        f"{article(noun)} {noun} in {pattern_words} {colour_words}.",
     )
     return rng.choice(templates)
 
@@ -358,7 +366,8 @@ def make_catalog(out_dir: str | Path, n: int, seed: int = 0, image_size: int = 2
             "ProductTitle": f"{rng.choice(_BRANDS)} {gender} {colour.name}{pattern_title} {product_type.noun.title()}",
             "Image": relative_image.as_posix(),
             "ImageURL": f"https://example.invalid/moda/{product_id}.jpg",
-            "description": describe(product_type, colour.name, pattern, gender, usage, rng),
+            "Pattern": pattern,
+            "description": describe(product_type, colour.name, pattern, rng),
         })
 
     csv_path = out_dir / CSV_NAME

@@ -1,10 +1,12 @@
 """Pretrains the demo's tiny CLIP vision tower: the offline stand-in for FashionCLIP's own pretraining.
 
 The real MODA freezes FashionCLIP, which learnt fashion from some 800k product photos. The demo cannot download
-it, and a random frozen tower keeps an item's colour but not its silhouette: captioning on top of one named the
-product type for about 19% of held-out items. So, before MODA is built, the tiny tower learns to recognise
-product type and colour on a synthetic catalogue of its own, drawn with another seed than the demo's data (the
-captioning splits, test included, are never seen here). MODA then freezes it, as it freezes FashionCLIP.
+it, and a random frozen tower keeps an item's colour but not its silhouette or its pattern: captioning on top of
+one named the product type for about 19% of held-out items. So, before MODA is built, the tiny tower learns to
+recognise product type, colour and pattern on a synthetic catalogue of its own, drawn at the tower's input size
+with another seed than the demo's data (the captioning splits, test included, are never seen here), and without
+the attribute combinations the demo holds out, so that those are new to every part of the demo. MODA then freezes
+the tower, as it freezes FashionCLIP.
 """
 
 from __future__ import annotations
@@ -22,21 +24,30 @@ from transformers import AutoImageProcessor, CLIPModel
 from transformers.utils import logging
 
 from moda.demo.catalog import make_catalog
+from processing.data import parse_holdout
 
 logger = logging.get_logger(__name__)
 
 REPORT_NAME = "vision_pretraining.json"
 # catalogue column -> name of its classification head and accuracy
-TARGETS = {"ProductType": "product_type", "Colour": "colour"}
+TARGETS = {"ProductType": "product_type", "Colour": "colour", "Pattern": "pattern"}
 
 
-def load_labelled_pixels(vision_dir: Path, n_items: int, seed: int) -> tuple[torch.Tensor, list[dict]]:
-    """Draws a catalogue and turns its images into pixel values with the tower's own image processor."""
+def load_labelled_pixels(
+    vision_dir: Path, n_items: int, seed: int, holdout: str | None = None
+) -> tuple[torch.Tensor, list[dict]]:
+    """Draws a catalogue at the tower's input size, drops the `holdout` combinations (see `parse_holdout`) and turns
+    the other images into pixel values with the tower's own image processor."""
     processor = AutoImageProcessor.from_pretrained(vision_dir)
+    image_size = processor.crop_size["height"]
+    combinations = parse_holdout(holdout)
     with tempfile.TemporaryDirectory(prefix="moda-pretraining-") as scratch:
-        csv_path = make_catalog(scratch, n_items, seed=seed, image_size=64)
+        csv_path = make_catalog(scratch, n_items, seed=seed, image_size=image_size)
         with open(csv_path, newline="") as handle:
-            rows = list(csv.DictReader(handle))
+            rows = [
+                row for row in csv.DictReader(handle)
+                if not any(all(row.get(key) == value for key, value in held.items()) for held in combinations)
+            ]  # fmt: skip
         images = [Image.open(csv_path.parent / row["Image"]).convert("RGB") for row in rows]
         pixel_values = processor(images, return_tensors="pt")["pixel_values"]
     return pixel_values, rows
@@ -49,11 +60,13 @@ def pretrain_vision_tower(
     epochs: int = 14,
     batch_size: int = 64,
     learning_rate: float = 2e-3,
-) -> dict[str, float]:
-    """Trains the CLIP checkpoint in `vision_dir` to classify product type and colour, saves it back in place, and
-    returns (and writes to `vision_pretraining.json`) its accuracy on a tenth of the items kept aside."""
+    holdout: str | None = None,
+) -> dict:
+    """Trains the CLIP checkpoint in `vision_dir` to classify product type, colour and pattern, saves it back in
+    place, and returns (and writes to `vision_pretraining.json`) its accuracy on a tenth of the items kept aside.
+    Items of the `holdout` combinations (train_hf.py's --holdout) are left out."""
     vision_dir = Path(vision_dir)
-    pixel_values, rows = load_labelled_pixels(vision_dir, n_items, seed)
+    pixel_values, rows = load_labelled_pixels(vision_dir, n_items, seed, holdout)
     label_sets = {name: sorted({row[column] for row in rows}) for column, name in TARGETS.items()}
     labels = {
         name: torch.tensor([values.index(row[column]) for row in rows])
@@ -97,7 +110,7 @@ def pretrain_vision_tower(
         f"{key}_accuracy": (outputs[key].argmax(-1) == labels[key][train_items:]).float().mean().item()
         for key in heads
     }
-    report.update(items=len(rows), seed=seed, epochs=epochs)
+    report.update(items=len(rows), seed=seed, epochs=epochs, holdout=holdout)
     clip.save_pretrained(vision_dir)
     (vision_dir / REPORT_NAME).write_text(json.dumps(report, indent=2))
     logger.warning(f"demo vision tower pretrained: {report}")

@@ -4,9 +4,17 @@ The demo catalogue draws and captions items with these words, the distillation g
 them and the fashion_attributes metric scores them. The file lives beside the metric because `evaluate.load` copies
 a metric's relative imports with it and nothing else: a standalone metric can import no other package.
 Keys are the Kaggle catalogue's values; the tuples are the lower-case phrases a description may use for them.
+The metric matches a phrase case-insensitively, with hyphens read as spaces ("polka-dot" is "polka dot") and an
+optional plural ending ("stripes", "dresses"), so each list holds one spelling per word, not its variants.
 """
 
 from __future__ import annotations
+
+# The catalogue columns these words describe -> the name their scores carry, in the order a matcher should look for
+# them: product types first, so that the "sports" of "sports shoes" is no Sports usage, nor "casual shoes" Casual.
+ATTRIBUTES: dict[str, str] = {
+    "ProductType": "product_type", "Colour": "colour", "Pattern": "pattern", "Gender": "gender", "Usage": "usage",
+}  # fmt: skip
 
 # Kaggle colour names -> other spellings. The first 14 are the ones the demo catalogue paints.
 COLOURS: dict[str, tuple[str, ...]] = {
@@ -47,9 +55,10 @@ COLOURS: dict[str, tuple[str, ...]] = {
     "Indigo": (),
 }
 
-# Kaggle product types -> (the noun captions use, other spellings).
+# Kaggle product types -> (the noun captions use, other spellings). A matcher also accepts a spelling plus "s" or
+# "es" ("dresses", "t-shirts"); singulars of plural nouns are listed because "shorts" must not shrink to "short".
 PRODUCT_TYPES: dict[str, tuple[str, ...]] = {
-    "Tshirts": ("t-shirt", "tshirt", "t shirt", "tee"),
+    "Tshirts": ("t-shirt", "tshirt", "tee"),
     "Shirts": ("shirt",),
     "Tops": ("top",),
     "Jackets": ("jacket",),
@@ -57,19 +66,19 @@ PRODUCT_TYPES: dict[str, tuple[str, ...]] = {
     "Jeans": ("jeans",),
     "Shorts": ("shorts",),
     "Skirts": ("skirt",),
-    "Casual Shoes": ("casual shoes",),
-    "Sports Shoes": ("sports shoes",),
-    "Heels": ("heels",),
-    "Flip Flops": ("flip flops", "flip-flops"),
-    "Sandals": ("sandals",),
+    "Casual Shoes": ("casual shoes", "casual shoe"),
+    "Sports Shoes": ("sports shoes", "sports shoe", "sport shoe"),
+    "Heels": ("heels", "heel"),
+    "Flip Flops": ("flip flops", "flip flop"),
+    "Sandals": ("sandals", "sandal"),
 }
 
-# Fabric patterns -> (the word captions use, other spellings).
+# Fabric patterns (the demo catalogue's Pattern column) -> (the word captions use, other spellings).
 PATTERNS: dict[str, tuple[str, ...]] = {
     "Solid": ("plain", "solid"),
-    "Striped": ("striped", "stripes", "stripe"),
-    "Checked": ("checked", "checks", "check", "plaid"),
-    "Polka-dot": ("polka-dot", "polka dot", "polka-dots", "polka dots", "dotted"),
+    "Striped": ("striped", "stripe"),
+    "Checked": ("checked", "check", "checkered", "plaid"),
+    "Polka-dot": ("polka-dot", "dotted", "spotted"),
 }
 
 GENDER_WORDS: dict[str, tuple[str, ...]] = {
