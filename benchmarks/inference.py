@@ -33,7 +33,7 @@ from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
 
 from modeling_moda import MODAConfig, MODAForConditionalGeneration
 from modeling_moda.fast_inference import apply_cpu_fast_path, cpu_has_native_bf16, vision_precision
-from modeling_moda.greedy_decoding import greedy_generate
+from modeling_moda.greedy_decoding import lean_generation_config
 
 INT8 = {"dtype": "float32", "fast": "int8", "vision": "fp32"}
 # what `moda describe` sets up: the vision tower at `--vision auto` (bf16 where native, else fp32)
@@ -102,20 +102,20 @@ def measure_variant(spec: dict) -> dict:
         pixel_values = image_processor(images=images, return_tensors="pt")["pixel_values"]
         input_ids = torch.tensor([prompt] * len(images), device=spec["device"])
         pixel_values = pixel_values.to(spec["device"], model.dtype)
-        if spec.get("lean"):
-            generated = greedy_generate(
-                model, input_ids, pixel_values=pixel_values, max_new_tokens=new_tokens, drafter=drafter
-            )
-        else:
-            generated = model.generate(
-                input_ids=input_ids,
-                attention_mask=torch.ones_like(input_ids),
-                pixel_values=pixel_values,
-                max_new_tokens=new_tokens,
-                do_sample=False,
-            )
+        model.caption_drafter = drafter  # what optimize_for_cpu reads from a checkpoint's caption_drafts.json
+        generate = model.generate_fast if spec.get("lean") else model.generate  # generate_fast: what users call
+        generated = generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            pixel_values=pixel_values,
+            max_new_tokens=new_tokens,
+            do_sample=False,
+        )
         return generated[:, len(prompt) :]
 
+    probe = {"input_ids": torch.tensor([prompt]), "max_new_tokens": new_tokens, "do_sample": False}
+    if spec.get("lean") and lean_generation_config(model, None, probe) is None:
+        raise RuntimeError(f"{spec['label']}: generate_fast would hand these settings to generate")
     images = photos(max(spec["batch_sizes"]), spec["seed"])
     describe(images[:1])  # warm-up: first-call allocations, kernel selection
     drafter = None
