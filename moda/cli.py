@@ -244,7 +244,7 @@ def print_rows(rows: list[dict]) -> None:
 
 
 def report(tally: Counter, skipped: int, elapsed: float, where: str) -> None:
-    """The summary on stderr: rows described, skipped (done by an earlier run) and failed (by reason); speed."""
+    """The summary on stderr: rows described, skipped (already in the output) and failed (by reason); speed."""
     failures = [(reason, count) for reason, count in tally.most_common() if reason != DESCRIBED]
     failed = sum(count for _, count in failures)
     reasons = "".join(f"\n  {count} x {reason}" for reason, count in failures)

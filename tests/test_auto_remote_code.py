@@ -51,7 +51,7 @@ def test_clean_process_loads_with_remote_code_and_generates_identically(tiny_che
     for index, photo in enumerate(photos):
         image_paths.append(tmp_path / f"photo{index}.png")
         photo.save(image_paths[-1])
-    # a fresh module cache: no copy of the code from an earlier run can satisfy the load
+    # a fresh module cache: no cached copy of the code can satisfy the load
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
     command = clean_command(GENERATE_TOKEN_IDS, tiny_checkpoint, *image_paths)
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
