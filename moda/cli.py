@@ -20,16 +20,16 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object, parse_flag_from_env
-from datasets import Dataset
 from tqdm.auto import tqdm
 
 from modeling_moda.fast_inference import MODES, VISION_PRECISIONS
 
-from .catalogue_rows import read_rows
+from .catalogue_rows import FileRows, read_rows
 from .cpu_memory import reuse_freed_memory
 from .describe import (
     DEFAULT_FAST,
@@ -40,6 +40,9 @@ from .describe import (
     resolve_device,
 )
 from .results import Results, json_lines
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 
 def device_name(value: str) -> str:
@@ -135,7 +138,7 @@ class Job:
     dtype: str
     fast: str
     results: Results | None  # None: JSON lines on stdout, not resumable
-    rows: Dataset  # `moda.catalogue_rows`: id, image
+    rows: FileRows | Dataset  # `moda.catalogue_rows`: id, image
     todo: list[int]  # the rows without a description in `results`
 
     @property

@@ -19,7 +19,7 @@ from transformers.utils import logging
 from modeling_moda import MODAForConditionalGeneration
 from modeling_moda.fast_inference import MODES
 from processing import MODAProcessor
-from processing.data import open_image
+from processing.image_cells import open_image
 
 logger = logging.get_logger("moda.describe")
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import io
 import math
 import os
 from collections import Counter
@@ -34,12 +33,12 @@ import datasets
 import numpy as np
 import torch
 from datasets.fingerprint import Hasher
-from PIL import Image
 from transformers.utils import logging
 
 from moda.metrics.fashion_attributes.fashion_vocabulary import gender_possessive, product_noun
 
-from .processing_moda import IMAGE_SUFFIXES, MODAProcessor, load_rgb_image
+from .image_cells import open_image
+from .processing_moda import IMAGE_SUFFIXES, MODAProcessor
 
 logger = logging.get_logger(__name__)
 
@@ -180,22 +179,6 @@ def _fill_description(row: dict) -> dict:
     if not description and cell_text(row.get("ProductType")):
         description = caption_from_metadata(row)
     return {"description": description}
-
-
-def open_image(value: Any) -> Image.Image:
-    """Opens an ``image`` cell (path/bytes dict, path or PIL image) as RGB, or raises ValueError."""
-    if value is None:
-        raise ValueError("row has no image")
-    if isinstance(value, dict):
-        if value.get("bytes"):
-            try:
-                return load_rgb_image(Image.open(io.BytesIO(value["bytes"])), name=value.get("path") or "image")
-            except OSError as error:
-                raise ValueError(f"cannot decode image bytes ({error})") from error
-        value = value.get("path")
-        if not value:
-            raise ValueError("row has no image")
-    return load_rgb_image(value, name=str(value) if not isinstance(value, Image.Image) else "image")
 
 
 def image_stamp(cell: dict | None) -> str:

@@ -9,7 +9,7 @@ import datasets
 import pytest
 from PIL import Image
 
-from moda import catalogue_rows
+from moda import catalogue_tables
 from moda.catalogue_rows import read_rows
 from moda.demo.catalog import make_catalog
 from processing.data import open_image
@@ -71,7 +71,7 @@ def test_saved_datasets_are_named_by_product_id_or_row_number(tmp_path):
 def test_a_hub_dataset_id_is_loaded_with_datasets(monkeypatch, tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     hub = datasets.Dataset.from_dict({"image": [str(tmp_path / "a.png")], "id": ["sku-1"]})
-    monkeypatch.setattr(catalogue_rows.datasets, "load_dataset", lambda name: hub if name == "shop/catalogue" else 0)
+    monkeypatch.setattr(catalogue_tables.datasets, "load_dataset", lambda name: hub if name == "shop/catalogue" else 0)
     rows = read_rows(["shop/catalogue"])
     assert rows["id"] == ["sku-1"] and open_image(rows[0]["image"]).size == (8, 8)
 
