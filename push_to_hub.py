@@ -33,6 +33,7 @@ from moda.loss_curve import plot_loss_curve
 from modeling_moda import MODAConfig, MODAForConditionalGeneration
 from modeling_moda.caption_drafts import DRAFTS_FILE
 from modeling_moda.caption_vocabulary import VOCABULARY_FILE
+from modeling_moda.quantized_weights import WEIGHTS_FILE
 from processing import MODAProcessor
 
 logger = logging.get_logger("moda.push_to_hub")
@@ -316,8 +317,9 @@ def stage_model(
     model = load_checkpoint(checkpoint)
     model.save_pretrained(out)
     MODAProcessor.from_pretrained(checkpoint).save_pretrained(out)
-    # what `moda describe --fast int8` shortlists the LM head to, and the guesses it checks several at a time
-    for name in (VOCABULARY_FILE, DRAFTS_FILE):
+    # what `moda describe --fast int8` shortlists the LM head to, the guesses it checks several at a time and the
+    # int8/bf16 weights it starts from
+    for name in (VOCABULARY_FILE, DRAFTS_FILE, WEIGHTS_FILE):
         if (checkpoint / name).is_file():
             shutil.copy(checkpoint / name, out / name)
 

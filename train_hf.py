@@ -511,7 +511,8 @@ def report(metrics: dict, output_dir: Path) -> None:
             f"contradict nothing: {_percent(scores['contradiction_free_rate'])}"
         )
     outputs = (
-        "model, processor, caption_vocabulary.json, caption_drafts.json, metrics.json, loss_curve.png and samples.jsonl"
+        "model, processor, caption_vocabulary.json, caption_drafts.json, cpu_fast_weights.safetensors, metrics.json, "
+        "loss_curve.png and samples.jsonl"
     )
     print(f"{outputs} are in {output_dir}")
 

@@ -1,5 +1,6 @@
 """Writes the files `moda describe`'s CPU fast path reads beside a model: `caption_vocabulary.json` and
-`caption_drafts.json`, both read off the captions the model was trained on.
+`caption_drafts.json`, both read off the captions the model was trained on, and `cpu_fast_weights.safetensors`, its
+int8 decoder and bf16 vision tower made ahead of time (`modeling_moda/quantized_weights.py`).
 
 train_hf.py writes them itself. A model fine-tuned by any other script needs them written once afterwards:
 
@@ -7,8 +8,8 @@ train_hf.py writes them itself. A model fine-tuned by any other script needs the
 
 `--captions` is a text file with one caption a line, or any training source `train_hf.py --dataset` reads (a
 catalogue folder, a CSV/JSONL, an imagefolder, a `save_to_disk` folder or a Hub dataset id): its `description`
-column. Without the files the fast path still works, only slower: the int8 LM head scores the whole vocabulary and
-no drafts are checked.
+column. Without the files the fast path still works, only slower: the int8 LM head scores the whole vocabulary, no
+drafts are checked, and every start quantizes the model again.
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from modeling_moda.caption_drafts import build_caption_drafter, save_caption_drafter
+from modeling_moda import MODAForConditionalGeneration
 from modeling_moda.caption_vocabulary import build_caption_vocabulary, save_caption_vocabulary
+from modeling_moda.quantized_weights import save_quantized_weights
 
 
 def write_fast_path_files(model_dir: str | os.PathLike, captions: Iterable[str], tokenizer=None) -> list[Path]:
     """Writes `caption_vocabulary.json` and `caption_drafts.json` into `model_dir` from the training `captions`,
-    tokenized by `tokenizer` (default: the one saved in `model_dir`); returns their paths."""
+    tokenized by `tokenizer` (default: the one saved in `model_dir`), and the int8/bf16 weights of the model saved
+    there; returns their paths."""
     if not Path(model_dir).is_dir():
         raise ValueError(f"{model_dir} is not a folder: the fast-path files go beside a saved model")
     captions = [caption for caption in captions if caption and caption.strip()]
@@ -37,6 +41,7 @@ def write_fast_path_files(model_dir: str | os.PathLike, captions: Iterable[str],
     return [
         save_caption_vocabulary(build_caption_vocabulary(tokenizer, captions), model_dir),
         save_caption_drafter(build_caption_drafter(tokenizer, captions), model_dir),
+        save_quantized_weights(MODAForConditionalGeneration.from_pretrained(model_dir), model_dir),
     ]
 
 

@@ -31,6 +31,8 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
+from .quantized_weights import DynamicInt8Linear, int8_linear, load_quantized_weights
+
 logger = logging.get_logger(__name__)
 
 MODES = ("int8", "bf16", "none")
@@ -123,6 +125,28 @@ def quantize_linear_int8(module: nn.Module) -> nn.Module:
         return torch.ao.quantization.quantize_dynamic(module, per_row, dtype=torch.qint8, inplace=True)
 
 
+def fuse_attention_projections(decoder: nn.Module) -> None:
+    """Gives each int8 attention layer a `qkv_proj` beside its own three (their rows stacked), which
+    `greedy_decoding` calls once where it would call three small matmuls (benchmarks/inference.py's "cli-unfused"
+    row measures what it saves).
+
+    Exact: int8 weights have one scale per row and activations one scale per call, read off the same input, so
+    every output row is the one its own projection writes.
+    """
+    for layer in decoder.layers:
+        attention = layer.self_attn
+        projections = (attention.q_proj, attention.k_proj, attention.v_proj)
+        if not all(isinstance(projection, DynamicInt8Linear) for projection in projections):
+            continue
+        weights, biases = [projection.weight() for projection in projections], [p.bias() for p in projections]
+        attention.qkv_proj = int8_linear(
+            torch.cat([weight.int_repr() for weight in weights]),
+            torch.cat([weight.q_per_channel_scales() for weight in weights]),
+            torch.cat([weight.q_per_channel_zero_points() for weight in weights]),
+            None if any(bias is None for bias in biases) else torch.cat(biases).detach(),
+        )
+
+
 def vision_precision(vision: str) -> str:
     """`vision` with "auto" resolved: bf16 runs the tower about 3x faster than fp32 on AVX512-BF16/AMX CPUs and
     slower where bf16 is emulated (docs/performance.md)."""
@@ -134,7 +158,12 @@ def vision_precision(vision: str) -> str:
 
 
 def apply_cpu_fast_path(
-    model: nn.Module, mode: str = "int8", vision: str = "fp32", vocabulary: Sequence[int] | None = None
+    model: nn.Module,
+    mode: str = "int8",
+    vision: str = "fp32",
+    vocabulary: Sequence[int] | None = None,
+    checkpoint: str | None = None,
+    fuse_projections: bool = True,
 ) -> nn.Module:
     """Returns `model` (changed in place, eval mode, no grads) set up for fast CPU inference.
 
@@ -148,6 +177,10 @@ def apply_cpu_fast_path(
             batches, least precise) or "auto" (`vision_precision`).
         vocabulary: token ids the model may write (its training captions' tokens); the LM head then scores only
             these (`restrict_vocabulary`). None scores the whole vocabulary.
+        checkpoint: where `model` was loaded from: its int8 decoder and bf16 tower are read from its
+            `quantized_weights.WEIGHTS_FILE` when it has one that matches, instead of being made here.
+        fuse_projections: in int8 mode, also stack each attention's q/k/v projections for the lean greedy loop
+            (`fuse_attention_projections`; off only to measure what it saves).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -166,14 +199,18 @@ def apply_cpu_fast_path(
             logger.warning("this CPU has no native bf16: bf16 matmuls are emulated and may be slower than fp32")
         return model.to(torch.bfloat16)
     if mode == "int8":
+        loaded = load_quantized_weights(model, checkpoint, vision) if checkpoint else []
+        # quantize_dynamic passes over layers that are int8 already: only what was not loaded is quantized here
         if vocabulary is None:
             untie_lm_head(model)
             model.language_model = quantize_linear_int8(model.language_model)
         else:  # the shortlisted head is small and decides between near-tied caption tokens: it stays fp32
             quantize_linear_int8(model.language_model.get_decoder())
+        if fuse_projections:
+            fuse_attention_projections(model.language_model.get_decoder())
         if vision == "int8":
             model.vision_tower = quantize_linear_int8(model.vision_tower)
-        elif vision == "bf16":
+        elif vision == "bf16" and "vision" not in loaded:
             model.vision_tower.to(torch.bfloat16)  # get_image_embeds casts pixels to the tower's dtype
     return model
 

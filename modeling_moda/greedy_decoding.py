@@ -72,8 +72,12 @@ def decoder_layer_step(
         return states.view(batch, length, heads, head_dim).transpose(1, 2)
 
     normed = layer.self_attn_layer_norm(hidden)
-    query = split_heads(attention.q_proj(normed) * attention.scaling)  # scaled before SDPA, as OPTAttention does
-    new_keys, new_values = split_heads(attention.k_proj(normed)), split_heads(attention.v_proj(normed))
+    if hasattr(attention, "qkv_proj"):  # the int8 fast path's stacked projections (fast_inference.py): one matmul
+        query, new_keys, new_values = attention.qkv_proj(normed).split(width, -1)
+    else:
+        query, new_keys, new_values = attention.q_proj(normed), attention.k_proj(normed), attention.v_proj(normed)
+    query = split_heads(query * attention.scaling)  # scaled before SDPA, as OPTAttention does
+    new_keys, new_values = split_heads(new_keys), split_heads(new_values)
     keys, values = cache.update(index, start, new_keys, new_values)
     causal = mask is None and length > 1
     attended = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, is_causal=causal, scale=1.0)

@@ -8,7 +8,7 @@
 
 This file is copied next to ``model.safetensors`` by ``save_pretrained``, with the files it imports relatively
 (``configuration_moda.py``, and the CPU fast path: ``fast_inference.py``, ``greedy_decoding.py``,
-``caption_vocabulary.py``, ``caption_drafts.py``); they import only transformers and torch, so a saved folder
+``quantized_weights.py``, ``caption_vocabulary.py``, ``caption_drafts.py``); they import only transformers and torch, so a saved folder
 loads with ``trust_remote_code=True`` and no install, and its fast path is the model's own methods
 (``optimize_for_cpu``, ``generate_fast``).
 """
@@ -495,11 +495,12 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         "fp32", "bf16" or "int8"). `mode="bf16"` casts all weights to
         bf16; `"none"` changes nothing. With `drafts`, `generate_fast` checks the checkpoint's
         `caption_drafts.json` guesses for a single image. Both files are read from where this model was loaded
-        (`name_or_path`: a folder or a Hub repo).
+        (`name_or_path`: a folder or a Hub repo), and so is `cpu_fast_weights.safetensors` when it is there: the int8
+        decoder and bf16 tower made ahead of time (`quantized_weights.py`), a faster start with less memory.
         """
         source = self.name_or_path  # "" for a model built in memory: it has no checkpoint files
         vocabulary = load_caption_vocabulary(source) if source and mode == "int8" and not full_vocabulary else None
-        apply_cpu_fast_path(self, mode, vision, vocabulary)
+        apply_cpu_fast_path(self, mode, vision, vocabulary, checkpoint=source or None)
         self.caption_drafter = load_caption_drafter(source) if source and drafts and mode != "none" else None
         missing = [name for name, wanted, found in (
             ("caption_vocabulary.json", source and mode == "int8" and not full_vocabulary, vocabulary),

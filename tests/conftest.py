@@ -19,6 +19,7 @@ from modeling_moda import MODAForConditionalGeneration
 from processing import MODAProcessor
 from modeling_moda.caption_drafts import build_caption_drafter, save_caption_drafter
 from modeling_moda.caption_vocabulary import build_caption_vocabulary, save_caption_vocabulary
+from modeling_moda.quantized_weights import save_quantized_weights
 from moda.demo.backbones import save_tiny_backbones
 
 logging.set_verbosity_error()
@@ -91,11 +92,13 @@ def checkpoint_before_layout(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def fast_checkpoint(tmp_path_factory, tiny_checkpoint, tiny_processor) -> Path:
-    """The tiny checkpoint with the files train_hf.py writes for the fast path (caption vocabulary and drafts)."""
+    """The tiny checkpoint with the files train_hf.py writes for the fast path (caption vocabulary, drafts, int8 and
+    bf16 weights)."""
     path = shutil.copytree(tiny_checkpoint, tmp_path_factory.mktemp("fast") / "checkpoint")
     tokenizer = tiny_processor.tokenizer
     save_caption_vocabulary(build_caption_vocabulary(tokenizer, FAST_PATH_CAPTIONS), path)
     save_caption_drafter(build_caption_drafter(tokenizer, FAST_PATH_CAPTIONS), path)
+    save_quantized_weights(MODAForConditionalGeneration.from_pretrained(path), path)
     return path
 
 

@@ -57,6 +57,23 @@ def test_fp32_mode_is_exact(tiny_model, photo_batch, fp32_tokens):
     assert agreement(apply_cpu_fast_path(copy.deepcopy(tiny_model), "none"), photo_batch, fp32_tokens) == (1.0, 1.0)
 
 
+def test_stacked_attention_projections_write_each_projections_own_rows(tiny_model, photo_batch):
+    """The lean loop's one q/k/v matmul per layer gives the greedy text of three, and every row bit for bit."""
+    fused = apply_cpu_fast_path(copy.deepcopy(tiny_model), "int8")
+    apart = apply_cpu_fast_path(copy.deepcopy(tiny_model), "int8", fuse_projections=False)
+    attention = fused.language_model.get_decoder().layers[0].self_attn
+    assert not hasattr(apart.language_model.get_decoder().layers[0].self_attn, "qkv_proj")
+    normed = torch.randn(3, 5, attention.q_proj.in_features)
+    stacked = attention.qkv_proj(normed)
+    assert torch.equal(
+        stacked, torch.cat([attention.q_proj(normed), attention.k_proj(normed), attention.v_proj(normed)], -1)
+    )
+    inputs = {**photo_batch, "max_new_tokens": NEW_TOKENS}
+    with torch.inference_mode():
+        assert torch.equal(fused.generate_fast(**inputs), apart.generate_fast(**inputs))
+        assert torch.equal(fused.generate_fast(**inputs), fused.generate(**inputs))
+
+
 def test_int8_unties_and_quantizes_only_the_head(tiny_model):
     model = apply_cpu_fast_path(copy.deepcopy(tiny_model), "int8")
     embedding = model.get_input_embeddings()

@@ -13,6 +13,8 @@ from PIL import Image
 
 import push_to_hub
 from moda.clean_process import check_loads_in_clean_process
+from modeling_moda import MODAForConditionalGeneration
+from modeling_moda.quantized_weights import save_quantized_weights
 from push_to_hub import CardInputs, build_model_card, evaluation_scores, read_metrics, upload
 
 MODEL_FILES = {
@@ -24,6 +26,7 @@ MODEL_FILES = {
     "chat_template.jinja",
     "config.json",
     "configuration_moda.py",
+    "cpu_fast_weights.safetensors",
     "fast_inference.py",
     "generation_config.json",
     "greedy_decoding.py",
@@ -32,6 +35,7 @@ MODEL_FILES = {
     "modeling_moda.py",
     "processing_moda.py",
     "processor_config.json",
+    "quantized_weights.py",
     "tokenizer.json",
     "tokenizer_config.json",
 }
@@ -73,6 +77,7 @@ def run_folder(tiny_checkpoint, tmp_path_factory) -> Path:
     run = shutil.copytree(tiny_checkpoint, tmp_path_factory.mktemp("run") / "run")
     (run / "caption_vocabulary.json").write_text(json.dumps({"token_ids": [2, 5, 7]}))
     (run / "caption_drafts.json").write_text(json.dumps({"context_tokens": 1, "next_token": [[2, 5], [5, 7]]}))
+    save_quantized_weights(MODAForConditionalGeneration.from_pretrained(run), run)
     (run / "metrics.json").write_text(json.dumps(METRICS))
     (run / "samples.jsonl").write_text("{}\n")
     (run / "training_args.json").write_text("{}")
