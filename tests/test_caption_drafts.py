@@ -352,9 +352,9 @@ def generate(model, inputs, **kwargs):
 
 def test_candidates_are_the_row_and_its_guesses_up_to_eos_and_the_length():
     drafter = CaptionDrafter({(5,): 6, (6,): 2, (2,): 7, (7,): 8}, context_tokens=1)  # 2 is EOS; 7, 8 come after it
-    row = torch.tensor([[4, 5]])
+    row, eos = torch.tensor([[4, 5]]), torch.tensor([2])
     for max_length, expected in ((20, [4, 5, 6, 2]), (4, [4, 5, 6]), (3, [4, 5])):  # generate adds 1 token itself
-        generator = CaptionDraftCandidateGenerator(drafter, 8, max_length, vocab_size=10, eos_token_id=torch.tensor([2]))
+        generator = CaptionDraftCandidateGenerator(drafter, 8, max_length, vocab_size=10, eos_token_id=eos)
         candidates, logits = generator.get_candidates(row)
         assert candidates.tolist() == [expected] and logits is None
     generator = CaptionDraftCandidateGenerator(drafter, 8, 20, vocab_size=10)  # no EOS: the table runs on
