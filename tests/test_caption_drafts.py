@@ -3,7 +3,8 @@ generate(prompt_lookup_num_tokens=...): fewer passes, the same tokens."""
 
 import copy
 import json
-from contextlib import contextmanager
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +24,10 @@ from modeling_moda.caption_drafts import (
     save_caption_drafter,
 )
 from processing import MODAProcessor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from simulated_drafter import counting_passes  # noqa: E402  the passes both benchmarks count
 
 NEW_TOKENS = 12
 LONG_TOKENS = 24  # batch-1 runs, long enough for drafting to save most passes
@@ -330,19 +335,6 @@ def test_guesses_asked_halve_after_a_pass_that_kept_none_and_double_after_one_th
 
 
 # --- generate(prompt_lookup_num_tokens=...): transformers' assisted generation with the table as the draft model -----
-
-
-@contextmanager
-def counting_passes(model):
-    """A one-item list counting the decoder's forward passes inside the block (its final layer norm runs once each)."""
-    passes = [0]
-    handle = model.language_model.get_decoder().final_layer_norm.register_forward_hook(
-        lambda *_: passes.__setitem__(0, passes[0] + 1)
-    )
-    try:
-        yield passes
-    finally:
-        handle.remove()
 
 
 def generate(model, inputs, **kwargs):
