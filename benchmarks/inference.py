@@ -16,6 +16,12 @@ on how many guesses the model keeps, which random weights cannot show: their mod
 their guesses are right at the rate the trained demo model keeps (benchmarks/simulated_drafter.py;
 benchmarks/agreement.py writes the rate to benchmarks/results/agreement_demo.json, `--draft-acceptance` sets
 another). The table prints the tokens each pass wrote.
+
+Next to "cli" and "drafts", the "-direct" rows call `greedy_decoding.greedy_generate` itself, without
+`generate_fast`'s check of the settings, and the "-generate" rows run the same optimized model through
+`model.generate`, "drafts-generate" with `prompt_lookup_num_tokens=8` (transformers' assisted generation drafting
+from the caption table, `caption_drafts.CaptionDraftCandidateGenerator`). Side by side they show what the dispatch
+costs and what the hand-written loop gains over generate's machinery.
 """
 
 from __future__ import annotations
@@ -33,12 +39,13 @@ from transformers import CLIPImageProcessorPil, CLIPVisionModelWithProjection
 
 from modeling_moda import MODAConfig, MODAForConditionalGeneration
 from modeling_moda.fast_inference import apply_cpu_fast_path, cpu_has_native_bf16, vision_precision
-from modeling_moda.greedy_decoding import lean_generation_config
+from modeling_moda.greedy_decoding import greedy_generate, lean_generation_config
 
 INT8 = {"dtype": "float32", "fast": "int8", "vision": "fp32"}
 # what `moda describe` sets up: the vision tower at `--vision auto` (bf16 where native, else fp32)
 CLI = {**INT8, "lean": True, "shortlist": True, "reuse_memory": True, "vision": "auto"}
 AUTO_VISION = vision_precision("auto")
+DRAFT_TOKENS = 8  # guesses a pass checks at most: greedy_generate's default, generate's prompt_lookup_num_tokens
 VARIANTS = {
     "baseline": {"label": "transformers fp32 generate (baseline)", "dtype": "float32"},
     "int8": {"label": "MODA int8 decoder + LM head, fp32 vision", **INT8},
@@ -46,9 +53,16 @@ VARIANTS = {
     "lean": {"label": "MODA int8 + lean greedy loop, fp32 vision", **INT8, "lean": True},
     "cli": {"label": f"CLI default for batches: int8 + lean loop + caption vocabulary + freed memory reused, "
                      f"{AUTO_VISION} vision (--vision auto on this CPU)", **CLI},
+    "cli-direct": {"label": "CLI default, greedy_generate called directly (no generate_fast dispatch)", **CLI,
+                   "direct": True},
+    "cli-generate": {"label": "CLI default's model through generate (no lean loop)", **CLI, "lean": False},
     "cli-fp32-vision": {"label": "CLI default, fp32 vision (--vision fp32)", **CLI, "vision": "fp32"},
     "cli-int8-vision": {"label": "CLI default, int8 vision (--vision int8)", **CLI, "vision": "int8"},
     "drafts": {"label": f"CLI default for one image: + caption drafts, {AUTO_VISION} vision", **CLI, "drafts": True},
+    "drafts-direct": {"label": "CLI default + caption drafts, greedy_generate(drafter=...) called directly", **CLI,
+                      "drafts": True, "direct": True},
+    "drafts-generate": {"label": f"CLI default's model + caption drafts through generate(prompt_lookup_num_tokens="
+                                 f"{DRAFT_TOKENS})", **CLI, "lean": False, "drafts": True},
     "drafts-fp32-vision": {"label": "CLI default + caption drafts, fp32 vision (--vision fp32)", **CLI,
                            "vision": "fp32", "drafts": True},
     "drafts-int8-vision": {"label": "CLI default + caption drafts, int8 vision (--vision int8)", **CLI,
@@ -103,14 +117,15 @@ def measure_variant(spec: dict) -> dict:
         input_ids = torch.tensor([prompt] * len(images), device=spec["device"])
         pixel_values = pixel_values.to(spec["device"], model.dtype)
         model.caption_drafter = drafter  # what optimize_for_cpu reads from a checkpoint's caption_drafts.json
-        generate = model.generate_fast if spec.get("lean") else model.generate  # generate_fast: what users call
-        generated = generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            pixel_values=pixel_values,
-            max_new_tokens=new_tokens,
-            do_sample=False,
-        )
+        inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "pixel_values": pixel_values}
+        if spec.get("direct"):  # the loop itself, as generate_fast calls it for these settings
+            generated = greedy_generate(model, **inputs, max_new_tokens=new_tokens, drafter=drafter,
+                                        draft_tokens=DRAFT_TOKENS)
+        elif spec.get("lean"):  # generate_fast: what users call
+            generated = model.generate_fast(**inputs, max_new_tokens=new_tokens, do_sample=False)
+        else:  # with a drafter: transformers' assisted generation, drafting from it (batch 1 only)
+            drafts = {"prompt_lookup_num_tokens": DRAFT_TOKENS} if drafter is not None else {}
+            generated = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False, **drafts)
         return generated[:, len(prompt) :]
 
     probe = {"input_ids": torch.tensor([prompt]), "max_new_tokens": new_tokens, "do_sample": False}

@@ -2,9 +2,12 @@
 
 MODA's captions are formulaic ("..., ideal for casual wear."), so the token that most often followed the last
 few tokens in the training captions is usually the one the model writes next. `train_hf.py` saves that table;
-`moda describe` hands it to the lean greedy loop (`modeling_moda.greedy_decoding.greedy_generate(drafter=...)`),
-which checks several guesses in one pass over the weights and keeps only those the model would have written
-itself. The text never changes; a good table only makes it cheaper (benchmarks/agreement.py counts the passes).
+`model.optimize_for_cpu()` loads it as `model.caption_drafter`, and two decoders check its guesses, several in one
+pass over the weights, keeping only those the model would have written itself: the lean greedy loop
+(`model.generate_fast`, `greedy_decoding.greedy_generate(drafter=...)`), and `model.generate(...,
+prompt_lookup_num_tokens=N)` through `CaptionDraftCandidateGenerator`, transformers' candidate interface for
+assisted generation. The text never changes; a good table only makes it cheaper (benchmarks/agreement.py counts
+the passes).
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import os
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable, Sequence
+
+import torch
+from transformers.generation.candidate_generator import CandidateGenerator
 
 from .caption_vocabulary import caption_token_ids, checkpoint_file
 
@@ -50,6 +56,68 @@ class CaptionDrafter:
 
     def __len__(self) -> int:
         return len(self.next_token)
+
+
+def next_draft_count(asked: int, offered: int, kept: int, most: int) -> int:
+    """How many guesses to ask for after a pass that checked `offered` of them and kept `kept`: half as many (at
+    least 1) after none kept, twice as many (at most `most`) after all kept. A wrong guess still costs compute, a
+    right one saves a pass."""
+    if offered and kept >= offered:
+        return min(most, 2 * asked)
+    if offered and not kept:
+        return max(1, asked // 2)
+    return asked
+
+
+def check_guesses(guesses: Sequence[int], vocab_size: int) -> None:
+    """Raises on a guess outside the model's vocabulary, which would otherwise surface as an embedding index error."""
+    if outside := [token for token in guesses if not 0 <= token < vocab_size]:
+        raise ValueError(
+            f"the drafter guessed token id {outside[0]}, outside the model's {vocab_size}-token vocabulary "
+            "(a caption_drafts.json written for another tokenizer?)"
+        )
+
+
+class CaptionDraftCandidateGenerator(CandidateGenerator):
+    """Assisted generation's candidates read off a caption draft table: `generate(prompt_lookup_num_tokens=N)` on
+    a model with a `caption_drafter` (`MODAForConditionalGeneration._get_candidate_generator`).
+
+    Like transformers' `PromptLookupCandidateGenerator` it returns tokens without logits, so greedy decoding keeps
+    the leading guesses the model agrees with and the text is generate's greedy text. It differs in where it looks
+    (the training captions' table, not the prompt) and in how many it asks for: `next_draft_count` from at most
+    `num_output_tokens`, as the lean loop adapts them. Guesses stop at the first EOS: nothing after it is kept.
+    """
+
+    def __init__(
+        self,
+        drafter: CaptionDrafter,
+        num_output_tokens: int,
+        max_length: int,
+        vocab_size: int,
+        eos_token_id: torch.Tensor | None = None,
+    ):
+        if num_output_tokens < 1:
+            raise ValueError(f"prompt_lookup_num_tokens must be at least 1, got {num_output_tokens}")
+        self.drafter, self.most, self.asked = drafter, num_output_tokens, num_output_tokens
+        self.max_length, self.vocab_size = max_length, vocab_size
+        self.eos = set() if eos_token_id is None else set(eos_token_id.view(-1).tolist())
+
+    def get_candidates(self, input_ids: torch.LongTensor, **kwargs) -> tuple[torch.LongTensor, None]:
+        """`input_ids` (one row: assisted generation runs batch 1 only) followed by the table's guesses, and None
+        for their logits."""
+        count = min(self.asked, self.max_length - input_ids.shape[1] - 1)  # generate adds one token of its own
+        guesses = self.drafter.draft(input_ids[0].tolist(), count)[:count] if count > 0 else []
+        check_guesses(guesses, self.vocab_size)
+        if ends := [index for index, token in enumerate(guesses) if token in self.eos]:
+            guesses = guesses[: ends[0] + 1]
+        if not guesses:
+            return input_ids, None
+        drafted = torch.tensor([guesses], dtype=input_ids.dtype, device=input_ids.device)
+        return torch.cat([input_ids, drafted], 1), None
+
+    def update_candidate_strategy(self, input_ids: torch.LongTensor, scores: torch.Tensor, num_matches: int) -> None:
+        """`scores` holds one row per guess checked plus generate's own next token."""
+        self.asked = next_draft_count(self.asked, scores.shape[1] - 1, int(num_matches), self.most)
 
 
 def build_caption_drafter(
@@ -102,4 +170,7 @@ def load_caption_drafter(model_name_or_path: str | os.PathLike) -> CaptionDrafte
     return CaptionDrafter(next_token, context_tokens)
 
 
-__all__ = ["DRAFTS_FILE", "CaptionDrafter", "build_caption_drafter", "load_caption_drafter", "save_caption_drafter"]
+__all__ = [
+    "DRAFTS_FILE", "CaptionDraftCandidateGenerator", "CaptionDrafter", "build_caption_drafter", "check_guesses",
+    "load_caption_drafter", "next_draft_count", "save_caption_drafter",
+]

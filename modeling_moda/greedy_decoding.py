@@ -6,7 +6,9 @@
 Why: a MODA description is 32 tokens from a 125M decoder, so on a CPU every token pays for OPT's module
 tree, the `DynamicCache` concatenations and `generate`'s logits processors and stopping criteria. This loop calls
 the model's own submodules (its layer norms and linear layers, quantized or not) directly, writes keys and values
-into one preallocated cache, and picks the argmax (benchmarks/inference.py's "lean" rows measure it).
+into one preallocated cache, and picks the argmax (benchmarks/inference.py's "lean" rows measure it). It stays
+beside `generate`'s own path for drafts (`prompt_lookup_num_tokens`) on the evidence of benchmarks/inference.py's
+"cli"/"cli-direct" against "cli-generate" and "drafts"/"drafts-direct" against "drafts-generate" rows.
 
 Given a `drafter` (e.g. `caption_drafts.CaptionDrafter`), each pass also checks the tokens it guesses
 come next: one pass reads the weights once for several tokens, and only the guesses the model itself would have

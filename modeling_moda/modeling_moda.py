@@ -33,6 +33,7 @@ from transformers import (
 )
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
+from transformers.generation.candidate_generator import CandidateGenerator, PromptLookupCandidateGenerator
 from transformers.generation.utils import GenerateOutput
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
@@ -43,7 +44,7 @@ from transformers.utils import is_torchdynamo_compiling, logging, torch_compilab
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
-from .caption_drafts import CaptionDrafter, load_caption_drafter
+from .caption_drafts import CaptionDraftCandidateGenerator, CaptionDrafter, load_caption_drafter
 from .caption_vocabulary import load_caption_vocabulary
 from .configuration_moda import MODAConfig
 from .fast_inference import apply_cpu_fast_path
@@ -482,6 +483,21 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
                  if value is not None}
             )
         return model_inputs
+
+    def _get_candidate_generator(self, generation_config: GenerationConfig, **kwargs) -> CandidateGenerator:
+        """Prompt lookup (`generate(..., prompt_lookup_num_tokens=N)`) drafts from the training captions' table when
+        `optimize_for_cpu` loaded one (`caption_drafter`), from the prompt otherwise; every other candidate
+        generator is transformers' own. The library decides first, so its checks and precedence hold."""
+        generator = super()._get_candidate_generator(generation_config=generation_config, **kwargs)
+        if self.caption_drafter is None or not isinstance(generator, PromptLookupCandidateGenerator):
+            return generator
+        return CaptionDraftCandidateGenerator(
+            self.caption_drafter,
+            num_output_tokens=generation_config.prompt_lookup_num_tokens,
+            max_length=generation_config.max_length,
+            vocab_size=self.config.text_config.vocab_size,
+            eos_token_id=generation_config._eos_token_tensor,
+        )
 
     def optimize_for_cpu(
         self, mode: str = "int8", vision: str = "auto", full_vocabulary: bool = False, drafts: bool = True

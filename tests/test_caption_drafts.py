@@ -1,20 +1,33 @@
-"""Caption draft tables (built, saved, loaded) and greedy_generate with drafters: fewer passes, the same tokens."""
+"""Caption draft tables (built, saved, loaded) and the decoders that check their guesses, greedy_generate and
+generate(prompt_lookup_num_tokens=...): fewer passes, the same tokens."""
 
 import copy
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import FASHION_TEXTS, make_photo
+from conftest import FASHION_TEXTS, count_draft_calls, make_photo
+from transformers import pipeline
+from transformers.generation.candidate_generator import AssistedCandidateGenerator, PromptLookupCandidateGenerator
 
+from modeling_moda import MODAForConditionalGeneration
 from modeling_moda.greedy_decoding import draft_guesses, greedy_generate, guesses_kept
 from modeling_moda.caption_drafts import (
     DRAFTS_FILE,
+    CaptionDraftCandidateGenerator,
     CaptionDrafter,
     build_caption_drafter,
     load_caption_drafter,
+    next_draft_count,
     save_caption_drafter,
 )
+from processing import MODAProcessor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from simulated_drafter import counting_passes  # noqa: E402  the passes both benchmarks count
 
 NEW_TOKENS = 12
 LONG_TOKENS = 24  # batch-1 runs, long enough for drafting to save most passes
@@ -319,3 +332,137 @@ def test_guesses_asked_halve_after_a_pass_that_kept_none_and_double_after_one_th
     assert torch.equal(drafted, reference)
     # 1 token a pass while wrong (8, 4, 2 asked), then 2, 3, 5 and 9 tokens a pass: 23 after the prompt's 1
     assert drafter.counts == [8, 4, 2, 1, 2, 4, 8]
+
+
+# --- generate(prompt_lookup_num_tokens=...): transformers' assisted generation with the table as the draft model -----
+
+
+def generate(model, inputs, **kwargs):
+    with torch.inference_mode():
+        return model.generate(**inputs, do_sample=False, **kwargs)
+
+
+def test_candidates_are_the_row_and_its_guesses_up_to_eos_and_the_length():
+    drafter = CaptionDrafter({(5,): 6, (6,): 2, (2,): 7, (7,): 8}, context_tokens=1)  # 2 is EOS; 7, 8 come after it
+    row, eos = torch.tensor([[4, 5]]), torch.tensor([2])
+    for max_length, expected in ((20, [4, 5, 6, 2]), (4, [4, 5, 6]), (3, [4, 5])):  # generate adds 1 token itself
+        generator = CaptionDraftCandidateGenerator(drafter, 8, max_length, vocab_size=10, eos_token_id=eos)
+        candidates, logits = generator.get_candidates(row)
+        assert candidates.tolist() == [expected] and logits is None
+    generator = CaptionDraftCandidateGenerator(drafter, 8, 20, vocab_size=10)  # no EOS: the table runs on
+    assert generator.get_candidates(row)[0].tolist() == [[4, 5, 6, 2, 7, 8]]
+    assert generator.get_candidates(torch.tensor([[9]]))[0].tolist() == [[9]], "no guess: plain greedy"
+
+
+def test_candidate_generator_refuses_foreign_guesses_and_a_zero_count():
+    generator = CaptionDraftCandidateGenerator(CaptionDrafter({(1,): 50}, 1), 4, 20, vocab_size=10)
+    with pytest.raises(ValueError, match="token id 50, outside the model's 10-token vocabulary"):
+        generator.get_candidates(torch.tensor([[1]]))
+    with pytest.raises(ValueError, match="prompt_lookup_num_tokens must be at least 1"):
+        CaptionDraftCandidateGenerator(CaptionDrafter({(1,): 2}, 1), 0, 20, vocab_size=10)
+
+
+def test_next_draft_count_halves_after_none_kept_and_doubles_after_all_kept():
+    assert next_draft_count(8, offered=8, kept=0, most=8) == 4
+    assert next_draft_count(1, offered=1, kept=0, most=8) == 1
+    assert next_draft_count(2, offered=2, kept=2, most=8) == 4
+    assert next_draft_count(8, offered=8, kept=8, most=8) == 8
+    assert next_draft_count(4, offered=4, kept=2, most=8) == 4
+    assert next_draft_count(4, offered=0, kept=0, most=8) == 4, "a pass without guesses says nothing"
+
+
+def test_prompt_lookup_drafts_from_the_checkpoints_table_and_writes_generates_text(fast_checkpoint, tiny_processor):
+    """fp32 weights: the guesses change no token; every row and text prompt asks the caption table."""
+    model = MODAForConditionalGeneration.from_pretrained(fast_checkpoint)
+    asked = []
+    model.caption_drafter = count_draft_calls(load_caption_drafter(fast_checkpoint), asked)  # optimize_for_cpu's
+    for seed, prompt in ((0, ""), (1, "A navy blue men's"), (2, "A red")):
+        inputs = tiny_processor(images=make_photo(seed), text=prompt)
+        reference = generate(model, inputs, max_new_tokens=LONG_TOKENS)
+        asked.clear()
+        assert torch.equal(generate(model, inputs, max_new_tokens=LONG_TOKENS, prompt_lookup_num_tokens=8), reference)
+        assert asked and asked[0] == 8, "the table is asked for prompt_lookup_num_tokens guesses"
+
+
+def test_right_guesses_save_passes_and_wrong_ones_halve_the_count(no_eos_model, tiny_processor, photos8):
+    inputs = tiny_processor(images=photos8[:1])
+    reference = generate(no_eos_model, inputs, max_new_tokens=LONG_TOKENS)
+    model = copy.deepcopy(no_eos_model)
+    vocab_size = model.config.text_config.vocab_size
+    passes = {}
+    for name, drafter in (("right", Oracle(reference)), ("wrong", Oracle(reference, right=0, vocab_size=vocab_size))):
+        asked = []
+        model.caption_drafter = count_draft_calls(drafter, asked)
+        with counting_passes(model) as counted:
+            assert torch.equal(
+                generate(model, inputs, max_new_tokens=LONG_TOKENS, prompt_lookup_num_tokens=8), reference
+            ), name
+        passes[name] = counted[0]
+        if name == "wrong":
+            assert asked[:5] == [8, 4, 2, 1, 1]
+    # right: every pass keeps its 8 guesses and adds a token, the prompt's pass included (the last pass fewer)
+    assert passes == {"right": -(-LONG_TOKENS // 9), "wrong": LONG_TOKENS}
+
+
+def test_eos_among_the_guesses_ends_the_text_like_generate(tiny_model, tiny_processor, photos8):
+    model = copy.deepcopy(tiny_model)
+    model.generation_config.eos_token_id = None
+    inputs = tiny_processor(images=photos8[:1])
+    free_running = generate(model, inputs, max_new_tokens=NEW_TOKENS)
+    text = free_running[0, 2:].tolist()
+    eos = next(token for index, token in enumerate(text) if 2 <= index <= 4 and token not in text[:index])
+    model.generation_config.eos_token_id = eos
+    model.caption_drafter = Oracle(free_running)  # guesses past EOS: the text if the model had not stopped
+    reference = generate(model, inputs, max_new_tokens=NEW_TOKENS)
+    with counting_passes(model) as passes:
+        drafted = generate(model, inputs, max_new_tokens=NEW_TOKENS, prompt_lookup_num_tokens=8)
+    assert torch.equal(drafted, reference) and drafted[0, -1] == eos
+    assert passes == [1], "the prompt's pass keeps the guesses up to EOS"
+
+
+def test_without_a_table_prompt_lookup_and_assistants_stay_transformers_own(
+    tiny_model, tiny_processor, photos8, monkeypatch
+):
+    served = []  # the class of every candidate generator generate asked
+    for generator in (PromptLookupCandidateGenerator, AssistedCandidateGenerator, CaptionDraftCandidateGenerator):
+        get_candidates = generator.get_candidates
+        monkeypatch.setattr(generator, "get_candidates", lambda self, *args, _get=get_candidates, **kwargs: (
+            served.append(type(self)) or _get(self, *args, **kwargs)
+        ))
+    model = copy.deepcopy(tiny_model)
+    inputs = tiny_processor(images=photos8[:1])
+    reference = generate(model, inputs, max_new_tokens=4)
+    table = CaptionDrafter({(1,): 2}, 1)
+    for drafter, settings, expected in (
+        (None, {"prompt_lookup_num_tokens": 4}, PromptLookupCandidateGenerator),
+        (table, {"prompt_lookup_num_tokens": 4}, CaptionDraftCandidateGenerator),
+        (table, {"assistant_model": tiny_model}, AssistedCandidateGenerator),
+    ):
+        model.caption_drafter = drafter
+        served.clear()
+        assert torch.equal(generate(model, inputs, max_new_tokens=4, **settings), reference)
+        assert served and set(served) == {expected}, settings
+
+
+def test_prompt_lookup_takes_one_image_at_a_time(tiny_model, tiny_processor, photos8):
+    """transformers' assisted generation runs batch 1 only (docs/performance.md); its error is kept."""
+    model = copy.deepcopy(tiny_model)
+    model.caption_drafter = CaptionDrafter({(1,): 2}, 1)
+    with pytest.raises(ValueError, match="batch_size = 1"):
+        generate(model, tiny_processor(images=photos8[:2]), max_new_tokens=4, prompt_lookup_num_tokens=8)
+
+
+def test_the_pipeline_drafts_through_generate_kwargs(fast_checkpoint):
+    """The CPU fast path (int8, caption vocabulary, drafts) served by the image-text-to-text pipeline."""
+    model = MODAForConditionalGeneration.from_pretrained(fast_checkpoint).optimize_for_cpu("int8")
+    processor = MODAProcessor.from_pretrained(fast_checkpoint)
+    asked = []
+    count_draft_calls(model.caption_drafter, asked)
+    describe = pipeline("image-text-to-text", model=model, processor=processor)
+    photo = make_photo(0)
+    piped = describe(images=photo, text="", generate_kwargs={"prompt_lookup_num_tokens": 8})[0]["generated_text"]
+    assert asked, "the pipeline's generate asked the caption table"
+    [expected] = processor.batch_decode(
+        generate(model, processor(images=photo), prompt_lookup_num_tokens=8), skip_special_tokens=True
+    )
+    assert piped.strip() == expected.strip()
