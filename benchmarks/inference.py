@@ -56,6 +56,8 @@ VARIANTS = {
     "cli-direct": {"label": "CLI default, greedy_generate called directly (no generate_fast dispatch)", **CLI,
                    "direct": True},
     "cli-generate": {"label": "CLI default's model through generate (no lean loop)", **CLI, "lean": False},
+    "cli-unfused": {"label": "CLI default without the stacked q/k/v projections (three int8 matmuls a layer)", **CLI,
+                    "fuse_projections": False},
     "cli-fp32-vision": {"label": "CLI default, fp32 vision (--vision fp32)", **CLI, "vision": "fp32"},
     "cli-int8-vision": {"label": "CLI default, int8 vision (--vision int8)", **CLI, "vision": "int8"},
     "drafts": {"label": f"CLI default for one image: + caption drafts, {AUTO_VISION} vision", **CLI, "drafts": True},
@@ -105,7 +107,9 @@ def measure_variant(spec: dict) -> dict:
             vocabulary = torch.randperm(model.config.text_config.vocab_size)[: spec["shortlist_tokens"]].tolist()
         if spec.get("drafts"):
             model = make_decisive(model, vocabulary[0])
-        model = apply_cpu_fast_path(model, spec["fast"], spec["vision"], vocabulary)
+        model = apply_cpu_fast_path(
+            model, spec["fast"], spec["vision"], vocabulary, fuse_projections=spec.get("fuse_projections", True)
+        )
     model.generation_config.eos_token_id = None  # fixed length, without a per-step min-length processor
     image_processor = CLIPImageProcessorPil()
     prompt = [model.config.image_token_id, model.config.text_config.bos_token_id]

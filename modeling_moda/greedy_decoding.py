@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationConfig
 
+from .caption_drafts import check_guesses, next_draft_count
 from .fast_inference import ShortlistHead, eos_token_ids
 
 
@@ -142,12 +143,8 @@ def draft_guesses(
         return empty, empty.bool()
     rows = [True] * len(texts) if rows is None else rows
     guesses = [drafter.draft(text, count)[:count] if asked else [] for text, asked in zip(texts, rows)]
-    outside = [token for row in guesses for token in row if vocab_size is not None and not 0 <= token < vocab_size]
-    if outside:
-        raise ValueError(
-            f"the drafter guessed token id {outside[0]}, outside the model's {vocab_size}-token vocabulary "
-            "(a caption_drafts.json written for another tokenizer?)"
-        )
+    if vocab_size is not None:
+        check_guesses([token for row in guesses for token in row], vocab_size)
     width = max(map(len, guesses))
     padded = torch.tensor([row + [pad_id] * (width - len(row)) for row in guesses], dtype=torch.long, device=device)
     guessed = torch.arange(width, device=device) < torch.tensor([len(row) for row in guesses], device=device)[:, None]
@@ -170,7 +167,7 @@ def greedy_generate(
 
     Stops at the generation config's EOS (rows that finished early are filled with its pad token, else its first
     EOS, as `generate` does) or after `max_new_tokens` (default: the generation config's). `generation_config`
-    defaults to the model's. With a `drafter`, every pass after the prompt also checks
+    defaults to the model's. With a `drafter`, every pass (the prompt's too) also checks
     up to `draft_tokens` of its guesses; a batch keeps the guesses all its unfinished rows agree with. A wrong guess
     still costs compute (a 9-token pass of OPT-125M takes about 1.5x a 1-token pass on 2 CPU cores), so the number
     asked for adapts: it halves after a pass that kept no guess (down to 1) and doubles, up to `draft_tokens`, after
@@ -213,9 +210,10 @@ def greedy_generate(
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
     texts = input_ids.tolist()  # what the drafter reads (kept up to date only when there is one)
     new_tokens = []
-    guesses, guessed = draft_guesses(None, texts, 0, pad_id, device)
-    asked = draft_tokens
-    start, hidden = 0, embeddings
+    asked = draft_tokens  # the prompt's pass checks guesses too: a description's first words are the likeliest
+    guesses, guessed = draft_guesses(drafter, texts, min(asked, max_new_tokens - 1), pad_id, device,
+                                     vocab_size=config.vocab_size)  # fmt: skip
+    start, hidden = 0, torch.cat([embeddings, decoder.embed_tokens(guesses).to(embeddings.dtype)], 1)
     while True:
         length = hidden.shape[1]
         if decoder.project_in is not None:
@@ -240,11 +238,9 @@ def greedy_generate(
         if drafter is not None:
             for text, row in zip(texts, predicted[:, : kept + 1].tolist()):
                 text.extend(row)
+        if start:  # the prompt's guesses are read off the text alone, blind to the image: they say little of later ones
+            asked = next_draft_count(asked, guesses.shape[1], kept, draft_tokens)
         start += length - (guesses.shape[1] - kept)  # the cache keeps the inputs up to the last kept guess
-        if guesses.shape[1] and kept == guesses.shape[1]:
-            asked = min(draft_tokens, 2 * asked)
-        elif guesses.shape[1] and not kept:
-            asked = max(1, asked // 2)
         count = min(asked, max_new_tokens - len(new_tokens) - 1)  # `asked` never passes draft_tokens
         guesses, guessed = draft_guesses(
             drafter, texts, count, pad_id, device, unfinished.tolist(), config.vocab_size
