@@ -7,6 +7,9 @@ first ``models:`` entry of this Space's README. MODA's code is loaded from the m
 ``trust_remote_code=True``, so the Space needs only the packages in requirements.txt. That code runs in this
 process: it is trusted for the model the Space was published for (the README's ``models:`` entry) and for a local
 folder (the operator's own files); any other Hub repo needs ``MODA_TRUST_REMOTE_CODE=1``.
+
+The generation settings start at the checkpoint's ``generation_config.json``, which gives every setting the UI
+does not show; a temperature above 0 samples, seeded with the seed setting.
 """
 
 from __future__ import annotations
