@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # LoRA on the language model's attention only (the CLIP tower's layers have the same names); projector in full
     lora = LoraConfig(r=8, lora_alpha=16, target_modules=r".*language_model\..*\.(q_proj|k_proj|v_proj|out_proj)",
-                      modules_to_save=["projector"])
+                      modules_to_save=["projector"], task_type="CAUSAL_LM")  # adapters: AutoPeftModelForCausalLM
     model = get_peft_model(model, lora)
     training_args = TrainingArguments(
         args.output_dir, num_train_epochs=args.epochs, max_steps=args.max_steps, per_device_train_batch_size=8,

@@ -78,8 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
         "GPU) or cuda:N (default: auto)",
     )
     describe.add_argument("--batch-size", type=int, default=8)
-    describe.add_argument("--max-new-tokens", type=int, default=32)
-    describe.add_argument("--num-beams", type=int, default=1)
+    describe.add_argument(
+        "--max-new-tokens", type=int, help="tokens per description (default: the checkpoint's generation_config.json)"
+    )
+    describe.add_argument(
+        "--num-beams", type=int, help="beam search width (default: the checkpoint's generation_config.json)"
+    )
+    describe.add_argument(
+        "--seed",
+        type=int,
+        help="makes sampling (do_sample in the checkpoint's generation_config.json) reproducible: batch k, rows "
+        "k*B to k*B+B-1 of the input (B = --batch-size), is seeded with SEED+k, so the same command writes the "
+        "same text, resumed or split between processes too (docs/describing.md) (default: not seeded)",
+    )
     describe.add_argument("--prompt", help="a text each description continues, e.g. 'A red' (it starts each result)")
     describe.add_argument(
         "--dtype",
@@ -174,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         ("--num-beams", args.num_beams), ("--threads", args.threads)):  # fmt: skip
         if value is not None and value < 1:
             raise SystemExit(f"{flag} must be at least 1, got {value}")
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise SystemExit(f"--seed must be from 0 to 2**32 - 1, got {args.seed}")
     # PartialState joins the processes of `accelerate launch` (over gloo when told cpu=True, as moda.distill does).
     state = PartialState(
         cpu=args.device == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
@@ -220,24 +233,42 @@ def load(args: argparse.Namespace, job: Job):
 
 
 def describe_todo(model, processor, job: Job, args: argparse.Namespace, state: PartialState, tally: Counter) -> None:
-    """Describes this process's share of `job.todo`, writing (and counting in `tally`) a batch at a time."""
-    options = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams, "do_sample": False}
-    with state.split_between_processes(job.todo) as mine:
+    """Describes this process's share of `job.todo`, writing (and counting in `tally`) a batch at a time. Only the
+    generation options given on the command line go to `generate`: the checkpoint's generation config does the rest."""
+    given = {"max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams}
+    options = {name: value for name, value in given.items() if value is not None}
+    with state.split_between_processes(grid_batches(job.todo, args.batch_size)) as mine:
         write = job.results.journal(state.process_index).write if job.results else print_rows
         progress = not args.no_progress and state.is_main_process
-        for described in describe_share(model, processor, job.rows, mine, args.batch_size, progress,
+        for described in describe_share(model, processor, job.rows, mine, progress, args.seed,
                                         fast=job.fast != "none", prompt=args.prompt, **options):  # fmt: skip
             write(described)
             tally.update(failure_reason(row) if "error" in row else DESCRIBED for row in described)
 
 
-def describe_share(model, processor, rows, indices: list[int], batch_size: int, progress: bool, **options):
-    """Yields the results of `rows[indices]` a batch at a time (`describe_batch`), with a progress bar."""
-    with tqdm(total=len(indices), desc="describing", unit="image", disable=not progress) as bar:
-        for start in range(0, len(indices), batch_size):
-            batch = rows[indices[start : start + batch_size]]
+def grid_batches(todo: list[int], batch_size: int) -> list[tuple[int, list[int]]]:
+    """(k, rows): the rows of `todo` in batch k of the whole input (rows k*B to k*B+B-1). A resumed run, or one split
+    between processes, puts every row in the batch an uninterrupted run puts it in, which sampling needs to write
+    the same text (a batch's samples depend on all its rows)."""
+    from itertools import groupby
+
+    return [(k, list(rows)) for k, rows in groupby(todo, key=lambda index: index // batch_size)]
+
+
+def describe_share(model, processor, rows, batches: list[tuple[int, list[int]]], progress: bool, seed: int | None,
+                   **options):  # fmt: skip
+    """Yields the results of `batches` (`grid_batches`) one batch at a time (`describe_batch`), with a progress bar;
+    batch k seeded with `seed` + k when there is a seed."""
+    from transformers import set_seed
+
+    with tqdm(total=sum(len(indices) for _, indices in batches), desc="describing", unit="image",
+              disable=not progress) as bar:  # fmt: skip
+        for k, indices in batches:
+            if seed is not None:
+                set_seed((seed + k) % 2**32)
+            batch = rows[indices]
             yield describe_batch(model, processor, batch["id"], batch["image"], **options)
-            bar.update(len(batch["id"]))
+            bar.update(len(indices))
 
 
 def print_rows(rows: list[dict]) -> None:

@@ -43,6 +43,8 @@ AUTO_MAP = {
     "AutoConfig": "configuration_moda.MODAConfig",
     "AutoModel": "modeling_moda.MODAForConditionalGeneration",
     "AutoModelForImageTextToText": "modeling_moda.MODAForConditionalGeneration",
+    # as Gemma 3's: peft's AutoPeftModelForCausalLM loads a LoRA adapter's base model through this class
+    "AutoModelForCausalLM": "modeling_moda.MODAForConditionalGeneration",
 }
 
 # Sizes the sub-models are built from, checked wherever a sub-config has them (a negative or fractional size would

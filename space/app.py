@@ -7,12 +7,17 @@ first ``models:`` entry of this Space's README. MODA's code is loaded from the m
 ``trust_remote_code=True``, so the Space needs only the packages in requirements.txt. That code runs in this
 process: it is trusted for the model the Space was published for (the README's ``models:`` entry) and for a local
 folder (the operator's own files); any other Hub repo needs ``MODA_TRUST_REMOTE_CODE=1``.
+
+The generation settings start at the checkpoint's ``generation_config.json``, which gives every setting the UI
+does not show; a temperature above 0 samples, seeded with the seed setting.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +27,7 @@ import gradio as gr
 import torch
 from huggingface_hub import metadata_load
 from PIL import Image
-from transformers import AutoModel, AutoProcessor
+from transformers import AutoModel, AutoProcessor, GenerationConfig, set_seed
 from transformers.image_utils import load_image
 from transformers.utils import logging
 
@@ -65,7 +70,8 @@ def model_id() -> str:
 
 @dataclass(frozen=True)
 class Setting:
-    """A generation setting: the slider the UI shows, and the same limits for API calls, which skip the UI."""
+    """A generation setting: the slider (or number box) the UI shows, and the same limits for API calls, which
+    skip the UI."""
 
     name: str  # the endpoint's argument
     label: str
@@ -73,8 +79,11 @@ class Setting:
     maximum: float
     default: float
     step: float
+    box: bool = False  # a number box rather than a slider (for a range too wide to slide through)
 
-    def slider(self) -> gr.Slider:
+    def component(self) -> gr.Slider | gr.Number:
+        if self.box:
+            return gr.Number(self.default, label=self.label, minimum=self.minimum, maximum=self.maximum, precision=0)
         return gr.Slider(self.minimum, self.maximum, value=self.default, step=self.step, label=self.label)
 
     def check(self, value: object) -> float:
@@ -95,12 +104,25 @@ SETTINGS = (
     Setting("max_new_tokens", "Max new tokens", minimum=1, maximum=64, default=32, step=1),
     Setting("num_beams", "Beams", minimum=1, maximum=5, default=1, step=1),
     Setting("temperature", "Sampling temperature (0 = greedy)", minimum=0.0, maximum=1.5, default=0.0, step=0.05),
+    Setting("seed", "Seed (sampling)", minimum=0, maximum=2**32 - 1, default=0, step=1, box=True),
 )
 
 
-def checked_settings(*values: object) -> tuple[float, ...]:
+def checkpoint_settings(config: GenerationConfig) -> tuple[Setting, ...]:
+    """SETTINGS with the checkpoint's generation config as their defaults (a slider's range stretched to reach
+    it), so that a request that changes no setting generates what `model.generate(**inputs)` generates."""
+    temperature = (1.0 if config.temperature is None else config.temperature) if config.do_sample else 0.0
+    wanted = {"max_new_tokens": config.max_new_tokens, "num_beams": config.num_beams, "temperature": temperature}
+    settings = []
+    for setting in SETTINGS:
+        default = setting.default if wanted.get(setting.name) is None else wanted[setting.name]
+        settings.append(dataclasses.replace(setting, default=default, maximum=max(setting.maximum, default)))
+    return tuple(settings)
+
+
+def checked_settings(settings: tuple[Setting, ...], *values: object) -> tuple[float, ...]:
     """An endpoint's generation settings, each within its slider's limits (gr.Error otherwise)."""
-    return tuple(setting.check(value) for setting, value in zip(SETTINGS, values, strict=True))
+    return tuple(setting.check(value) for setting, value in zip(settings, values, strict=True))
 
 
 class Describer:
@@ -129,6 +151,9 @@ class Describer:
         elif fast != "none":
             self.model.optimize_for_cpu(fast)  # raises ValueError for an unknown mode
             self.generate = self.model.generate_fast
+        self.settings = checkpoint_settings(self.model.generation_config)
+        # a seed reproduces a sample only if no other request draws from torch's generator in between
+        self.sampling = threading.Lock()
 
     def open(self, path: str, name: str) -> Image.Image:
         """The photo as RGB, or ValueError with a message fit for the user (the server path stays in the log)."""
@@ -143,14 +168,19 @@ class Describer:
 
     @torch.inference_mode()
     def __call__(
-        self, images: list[Image.Image], max_new_tokens: float, num_beams: float, temperature: float
+        self, images: list[Image.Image], max_new_tokens: float, num_beams: float, temperature: float, seed: float = 0
     ) -> list[str]:
-        """One batched `generate` (left padding keeps each result equal to a one-image call); greedy at 0 °."""
+        """One batched `generate` (left padding keeps each result equal to a one-image call); greedy at 0 °, else
+        sampling seeded with `seed` (`transformers.set_seed`, as `moda describe --seed` seeds its first batch).
+        The checkpoint's generation config gives every other option (top_k, repetition_penalty, ...)."""
         inputs = self.processor(images=images, return_tensors="pt")
         options = {"max_new_tokens": int(max_new_tokens), "num_beams": int(num_beams), "do_sample": temperature > 0}
-        if temperature > 0:
-            options["temperature"] = float(temperature)
-        generated = self.generate(**inputs, **options)
+        if temperature == 0:
+            generated = self.generate(**inputs, **options)
+        else:
+            with self.sampling:
+                set_seed(int(seed))
+                generated = self.generate(**inputs, **options, temperature=float(temperature))
         return self.processor.batch_decode(generated, skip_special_tokens=True)
 
 
@@ -164,8 +194,10 @@ def build_demo(describer: Describer, title: str = "MODA") -> gr.Blocks:
     # Both events run with preprocess=False: a bad upload reaches these functions (as the uploaded file's data)
     # instead of failing inside gr.Image with an opaque error, and every setting is checked here against its
     # slider, for API callers too. Gradio still checks each file is an upload.
-    def describe(image: dict | None, max_new_tokens: float, num_beams: float, temperature: float) -> tuple[str, str]:
-        settings = checked_settings(max_new_tokens, num_beams, temperature)
+    def describe(
+        image: dict | None, max_new_tokens: float, num_beams: float, temperature: float, seed: float
+    ) -> tuple[str, str]:
+        settings = checked_settings(describer.settings, max_new_tokens, num_beams, temperature, seed)
         if not image or not image.get("path"):
             raise gr.Error("Upload, paste or pick a photo first.")
         try:
@@ -177,9 +209,9 @@ def build_demo(describer: Describer, title: str = "MODA") -> gr.Blocks:
         return text, took(time.perf_counter() - start, 1)
 
     def describe_batch(
-        files: list[dict] | None, max_new_tokens: float, num_beams: float, temperature: float
+        files: list[dict] | None, max_new_tokens: float, num_beams: float, temperature: float, seed: float
     ) -> tuple[list[tuple[str, str]], list[list[str]], str]:
-        settings = checked_settings(max_new_tokens, num_beams, temperature)
+        settings = checked_settings(describer.settings, max_new_tokens, num_beams, temperature, seed)
         if not files:
             raise gr.Error("Upload one or more photos first.")
         if len(files) > MAX_BATCH:
@@ -209,7 +241,7 @@ def build_demo(describer: Describer, title: str = "MODA") -> gr.Blocks:
         )
         with gr.Accordion("Generation settings", open=False):
             with gr.Row():
-                settings = [setting.slider() for setting in SETTINGS]
+                settings = [setting.component() for setting in describer.settings]
 
         with gr.Tab("One photo"):
             with gr.Row():

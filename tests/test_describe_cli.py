@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,6 +71,7 @@ def test_bad_flags_stop_before_loading_the_model(tmp_path, photos):
     paths = write_photos(tmp_path / "photos", photos[:1])
     for flags, message in ((["--max-new-tokens", "0"], "--max-new-tokens"), (["--num-beams", "-1"], "--num-beams"),
                            (["--batch-size", "0"], "--batch-size"), (["--threads", "0"], "--threads"),
+                           (["--seed", "-1"], "--seed must be from 0"), (["--seed", str(2**32)], "--seed must be"),
                            (["--out", str(tmp_path / "missing" / "r.jsonl")], "does not exist"),
                            (["--fast", "none", "--vision", "int8"], "--vision applies to --fast int8"),
                            (["--dtype", "bfloat16", "--full-vocabulary"], "--full-vocabulary applies")):
@@ -219,6 +221,36 @@ def test_ctrl_c_keeps_the_finished_batches(tmp_path, catalogue, tiny_checkpoint,
     assert [{"id": row["id"], "description": row["description"]} for row in rows] == [
         {"id": row["id"], "description": row["description"]} for row in read_jsonl(reference)
     ]
+
+
+@pytest.fixture(scope="module")
+def sampling_checkpoint(tmp_path_factory, tiny_checkpoint) -> Path:
+    """The tiny checkpoint, its generation_config.json asking for sampling."""
+    path = shutil.copytree(tiny_checkpoint, tmp_path_factory.mktemp("sampling") / "checkpoint")
+    config = path / "generation_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "do_sample": True, "temperature": 1.5}))
+    return path
+
+
+def test_a_seeded_run_samples_the_same_text_resumed(tmp_path, catalogue, sampling_checkpoint, capsys):
+    """--seed N seeds batch k of the catalogue (rows 5k to 5k+4) with N+k. A run resumed with 3 rows done still
+    describes rows 5 on in the batches of an uninterrupted run, so it samples the same text; another seed samples
+    other text."""
+    argv = ["describe", str(catalogue), "--model", str(sampling_checkpoint), "--batch-size", "5", *FP32]
+
+    def run(out: Path, seed: int) -> list[dict]:
+        assert main([*argv, "--out", str(out), "--seed", str(seed)]) == 0
+        return read_jsonl(out)
+
+    whole = run(tmp_path / "whole.jsonl", 3)
+    resumed = tmp_path / "resumed.jsonl"
+    (tmp_path / "resumed.jsonl.parts").mkdir()
+    (tmp_path / "resumed.jsonl.parts" / "rank0.jsonl").write_text("".join(json.dumps(row) + "\n" for row in whole[:3]))
+    capsys.readouterr()
+    assert run(resumed, 3)[5:] == whole[5:]
+    assert "described 37, skipped 3" in capsys.readouterr().err
+    other = run(tmp_path / "other.jsonl", 4)
+    assert [row["description"] for row in other] != [row["description"] for row in whole]
 
 
 @pytest.mark.slow

@@ -281,24 +281,67 @@ def test_lora_config_adapts_the_language_model_and_trains_the_projector(tiny_che
     assert not any("vision_tower" in name for name in moda) and any("projector" in name for name in moda)
 
 
-def test_auto_peft_model_loads_a_moda_adapter(tiny_checkpoint, tiny_processor, photos, tmp_path):
-    from peft import AutoPeftModel, PeftModel, get_peft_model
+def trained_adapter(checkpoint, folder):
+    """A LoRA adapter of `moda.lora.lora_config` on the MODA at `checkpoint`, its B matrices drawn at random (as
+    trained ones, they change the text), saved to `folder`; returned in eval mode."""
+    from peft import get_peft_model
 
     from moda.lora import lora_config
 
-    adapted = get_peft_model(MODAForConditionalGeneration.from_pretrained(tiny_checkpoint), lora_config())
+    adapted = get_peft_model(MODAForConditionalGeneration.from_pretrained(checkpoint), lora_config())
     with torch.no_grad():
         for name, parameter in adapted.named_parameters():
             if "lora_B" in name:
-                parameter.normal_()  # a trained adapter: it changes the text
-    adapted.save_pretrained(tmp_path)
-    adapted.eval()  # get_peft_model leaves the model training: LoRA dropout on
+                parameter.normal_()
+    adapted.save_pretrained(folder)
+    return adapted.eval()  # get_peft_model leaves the model training: LoRA dropout on
+
+
+def test_auto_peft_model_loads_a_moda_adapter(tiny_checkpoint, tiny_processor, photos, tmp_path):
+    from peft import AutoPeftModel, AutoPeftModelForCausalLM, PeftModel
+
+    adapted = trained_adapter(tiny_checkpoint, tmp_path)
     inputs = tiny_processor(images=photos[:2])
     expected = adapted.generate(**inputs, max_new_tokens=6, do_sample=False)
-    # the adapter names its base class's module; peft imports only allow-listed ones
-    loaded = AutoPeftModel.from_pretrained(tmp_path, import_allowlist=["modeling_moda"])
+    loaded = AutoPeftModelForCausalLM.from_pretrained(tmp_path)
     assert torch.equal(loaded.generate(**inputs, max_new_tokens=6, do_sample=False), expected)
     base = MODAForConditionalGeneration.from_pretrained(tiny_checkpoint)
     assert not torch.equal(base.generate(**inputs, max_new_tokens=6, do_sample=False), expected)
     reloaded = PeftModel.from_pretrained(base, tmp_path)
     assert torch.equal(reloaded.generate(**inputs, max_new_tokens=6, do_sample=False), expected)
+    with pytest.raises(ValueError, match="AutoPeftModelForCausalLM"):  # peft's own message for a task type
+        AutoPeftModel.from_pretrained(tmp_path)
+
+
+LOAD_ADAPTER = """
+import json, torch
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoProcessor
+model = AutoPeftModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained(model.peft_config["default"].base_model_name_or_path, trust_remote_code=True)
+with torch.inference_mode():
+    ids = model.generate(**processor(images=sys.argv[2:], return_tensors="pt"), max_new_tokens=6, do_sample=False)
+print(json.dumps(ids.tolist()))
+"""
+
+
+def test_an_adapter_loads_with_only_the_checkpoints_code(tiny_checkpoint, tiny_processor, photos, tmp_path):
+    """AutoPeftModelForCausalLM(adapter, trust_remote_code=True) in a process that cannot import this repository:
+    the base model comes from the checkpoint's own code (its auto_map), and the text is the adapter's."""
+    import json
+    import os
+    import subprocess
+
+    from moda.clean_process import clean_command
+
+    adapted = trained_adapter(tiny_checkpoint, tmp_path / "adapter")
+    paths = [tmp_path / f"photo{index}.png" for index in range(2)]
+    for photo, path in zip(photos, paths):
+        photo.save(path)
+    with torch.inference_mode():
+        expected = adapted.generate(**tiny_processor(images=photos[:2]), max_new_tokens=6, do_sample=False)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run(clean_command(LOAD_ADAPTER, tmp_path / "adapter", *paths), cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected.tolist()

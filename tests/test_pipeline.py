@@ -1,4 +1,5 @@
-"""The image-text-to-text pipeline, model.generate and model.generate_fast: one model, the same text, any settings."""
+"""Every door to MODA writes the same text for the same checkpoint: model.generate, model.generate_fast, the
+image-text-to-text pipeline, the Space's /describe and `moda describe`, whatever its generation_config.json asks for."""
 
 import base64
 import io
@@ -6,13 +7,17 @@ import json
 
 import pytest
 import torch
-from transformers import pipeline
+from transformers import pipeline, set_seed
 
 from conftest import make_photo
+from moda.cli import main
+from moda.describe import load_model
 from modeling_moda import MODAForConditionalGeneration
 from processing import MODAProcessor
+from test_space import APP, load_app
 
 NEW_TOKENS = 8
+SEED = 3
 # What a checkpoint's generation_config.json may ask for; every door must follow it.
 SETTINGS = {
     "greedy": {},
@@ -40,16 +45,37 @@ def configured_checkpoint(request, tmp_path_factory, tiny_model, tiny_processor)
 
 
 def seeded(call, *args, **kwargs):
-    torch.manual_seed(0)
+    set_seed(SEED)
     return call(*args, **kwargs)
 
 
-def test_generate_pipeline_and_generate_fast_write_the_same_text(configured_checkpoint):
+def space_describes(checkpoint, path) -> str:
+    """The Space's /describe (fp32 generate) with the settings its UI starts with, called as Gradio calls it."""
+    app = load_app(APP.parent)
+    demo = app.build_demo(app.Describer(str(checkpoint), "none"))
+    endpoint = next(function for function in demo.fns.values() if function.api_name == "describe")
+    shown = [component.value for component in endpoint.inputs[1:]]  # the sliders and the seed box, untouched
+    assert shown[-1] == 0
+    shown[-1] = SEED
+    description, _ = endpoint.fn({"path": str(path), "orig_name": path.name}, *shown)
+    return description
+
+
+def cli_describes(checkpoint, path, out, *flags: str) -> str:
+    """`moda describe PATH --seed SEED FLAGS` for one image: no generation option given."""
+    assert main(["describe", str(path), "--model", str(checkpoint), "--seed", str(SEED), "--out", str(out),
+                 "--overwrite", "--no-progress", *flags]) == 0  # fmt: skip
+    return json.loads(out.read_text())["description"]
+
+
+def test_every_door_writes_the_same_text(configured_checkpoint, tmp_path):
     model = MODAForConditionalGeneration.from_pretrained(configured_checkpoint)
     processor = MODAProcessor.from_pretrained(configured_checkpoint)
     describe = pipeline("image-text-to-text", model=model, processor=processor)
+    out = tmp_path / "results.jsonl"
     for seed, prompt in ((0, ""), (1, "A red")):
         photo = make_photo(seed)
+        photo.save(path := tmp_path / f"photo{seed}.png")
         inputs = processor(images=photo, text=prompt)
         with torch.inference_mode():
             generated = processor.batch_decode(seeded(model.generate, **inputs))
@@ -57,6 +83,18 @@ def test_generate_pipeline_and_generate_fast_write_the_same_text(configured_chec
         piped = seeded(describe, images=photo, text=prompt)[0]["generated_text"]
         assert fast == generated
         assert piped.strip() == generated[0]
+        assert cli_describes(configured_checkpoint, path, out, "--fast", "none", "--prompt", prompt) == generated[0]
+        if not prompt:  # the Space takes no prompt
+            assert space_describes(configured_checkpoint, path) == generated[0]
+
+
+def test_the_cli_fast_path_keeps_the_checkpoints_settings(configured_checkpoint, tmp_path):
+    """`moda describe`'s default (int8) writes what int8 `generate` writes with the checkpoint's settings."""
+    model, processor = load_model(str(configured_checkpoint), fast="int8", drafts=False)
+    make_photo(0).save(path := tmp_path / "photo.png")
+    with torch.inference_mode():
+        (expected,) = processor.batch_decode(seeded(model.generate, **processor(images=make_photo(0))))
+    assert cli_describes(configured_checkpoint, path, tmp_path / "results.jsonl", "--no-drafts") == expected
 
 
 def test_chat_messages_are_moda_prompts(describe, tiny_model, tiny_processor):

@@ -22,6 +22,7 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
+from transformers import set_seed
 
 from conftest import count_draft_calls, make_photo
 from moda.clean_process import clean_command
@@ -128,6 +129,21 @@ def test_describe_matches_generate(client, tiny_model, tiny_processor, photo_fil
         description, took = client.predict(handle_file(str(path)), 32, 1, 0.0, api_name="/describe")
         assert description == text
         assert took.startswith("Described 1 image in ")
+        # settings left out are the checkpoint's generation config (max_new_tokens 32, greedy)
+        assert client.predict(handle_file(str(path)), api_name="/describe")[0] == text
+
+
+def test_sampling_is_seeded(client, tiny_model, tiny_processor, photo_files):
+    """A temperature samples, seeded with the seed argument: the text `generate` samples after `set_seed`."""
+    photo = handle_file(str(photo_files[0]))
+    samples = {}
+    for seed in (7, 8):
+        set_seed(seed)
+        (expected,) = generate(tiny_model, tiny_processor, photo_files[:1], max_new_tokens=8, do_sample=True,
+                               temperature=1.5)  # fmt: skip
+        samples[seed] = client.predict(photo, 8, 1, 1.5, seed, api_name="/describe")[0]
+        assert samples[seed] == expected
+    assert samples[7] != samples[8], "another seed, another sample"
 
 
 def test_generation_settings_reach_generate(client, tiny_model, tiny_processor, photo_files):
@@ -186,6 +202,8 @@ def test_api_settings_outside_the_sliders_are_refused_naming_the_setting(client,
         ("/describe", (32, 1, None), "temperature must be a number from 0.0 to 1.5, got None."),
         ("/describe_batch", (32, 200, 0.0), "num_beams must be a whole number from 1 to 5, got 200."),
         ("/describe_batch", (32, 1, -0.5), "temperature must be a number from 0.0 to 1.5, got -0.5."),
+        ("/describe", (32, 1, 0.5, -1), "seed must be a whole number from 0 to 4294967295, got -1."),
+        ("/describe_batch", (32, 1, 0.5, 0.5), "seed must be a whole number from 0 to 4294967295, got 0.5."),
     ]:
         with pytest.raises(AppError, match=re.escape(message)):
             client.predict([photo] if endpoint == "/describe_batch" else photo, *settings, api_name=endpoint)
