@@ -215,5 +215,7 @@ def apply_cpu_fast_path(
     return model
 
 
-__all__ = ["MODES", "ShortlistHead", "apply_cpu_fast_path", "cpu_has_native_bf16", "restrict_vocabulary", "untie_lm_head",
-           "vision_precision", "VISION_PRECISIONS"]
+__all__ = [
+    "MODES", "ShortlistHead", "VISION_PRECISIONS", "apply_cpu_fast_path", "cpu_has_native_bf16",
+    "fuse_attention_projections", "restrict_vocabulary", "untie_lm_head", "vision_precision",
+]

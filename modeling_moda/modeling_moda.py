@@ -8,8 +8,8 @@
 
 This file is copied next to ``model.safetensors`` by ``save_pretrained``, with the files it imports relatively
 (``configuration_moda.py``, and the CPU fast path: ``fast_inference.py``, ``greedy_decoding.py``,
-``quantized_weights.py``, ``caption_vocabulary.py``, ``caption_drafts.py``); they import only transformers and torch, so a saved folder
-loads with ``trust_remote_code=True`` and no install, and its fast path is the model's own methods
+``quantized_weights.py``, ``caption_vocabulary.py``, ``caption_drafts.py``); they import only transformers and torch,
+so a saved folder loads with ``trust_remote_code=True`` and no install, and its fast path is the model's own methods
 (``optimize_for_cpu``, ``generate_fast``).
 """
 
