@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from moda.demo.catalog import CSV_COLUMNS, PATTERNS, _fabric, main, make_catalog, pattern_word, product_noun
+from moda.demo.catalog import CSV_COLUMNS, PATTERNS, PRODUCT_TYPES, _fabric, main, make_catalog, pattern_word, product_noun
 
 
 def _read_rows(csv_path: Path) -> list[dict[str, str]]:
@@ -98,6 +98,19 @@ def test_each_pattern_has_its_own_geometry_at_the_towers_side(seed):
     for pattern in ("Striped", "Checked"):
         lines = shaded[pattern].T if pattern == "Striped" and horizontal else shaded[pattern]
         assert min(run for line in lines for run in _runs(line)) >= 4, pattern
+
+
+def test_every_product_type_has_its_own_silhouette():
+    """No two silhouettes overlap for more than three quarters of their joint area (at 64 pixels, before the
+    per-item scale and rotation): the caption names the type, so the drawing must show it."""
+    masks = {}
+    for product_type in PRODUCT_TYPES:
+        body, details = Image.new("L", (64, 64)), Image.new("L", (64, 64))
+        product_type.draw(ImageDraw.Draw(body), ImageDraw.Draw(details), 64)
+        masks[product_type.name] = np.asarray(body) > 0
+    for index, (name, mask) in enumerate(masks.items()):
+        for other, other_mask in list(masks.items())[index + 1 :]:
+            assert (mask & other_mask).sum() < 0.75 * (mask | other_mask).sum(), (name, other)
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):

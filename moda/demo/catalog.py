@@ -208,10 +208,14 @@ def _draw_flip_flops(body: ImageDraw.ImageDraw, details: ImageDraw.ImageDraw, si
 
 
 def _draw_sandal(body: ImageDraw.ImageDraw, details: ImageDraw.ImageDraw, side: int) -> None:
-    body.rounded_rectangle(_box(0.36, 0.06, 0.64, 0.94, side), radius=0.12 * side, fill=255)
-    for top, bottom in ((0.18, 0.30), (0.38, 0.50), (0.68, 0.78)):
-        body.rectangle(_box(0.24, top, 0.76, bottom, side), fill=255)
-        details.rectangle(_box(0.24, top, 0.76, bottom, side), outline=255, width=_stroke(side))
+    # a pair seen from above, like the flip flops, but slim soles under two wide straps that stand out on both
+    # sides: one sole with straps across reads as a t-shirt's body and sleeves
+    for sole_left in (0.14, 0.64):
+        body.rounded_rectangle(_box(sole_left, 0.08, sole_left + 0.22, 0.92, side), radius=0.09 * side, fill=255)
+        for top in (0.24, 0.54):
+            strap = _box(sole_left - 0.07, top, sole_left + 0.29, top + 0.13, side)
+            body.rectangle(strap, fill=255)
+            details.rectangle(strap, outline=255, width=_stroke(side))
 
 
 ANY_GENDER = tuple(GENDER_WORDS)
