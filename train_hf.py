@@ -96,7 +96,7 @@ class DataArguments:
         metadata={"help": "Kaggle folder (fashion.csv), CSV/JSONL, imagefolder, save_to_disk folder or Hub id"},
     )
     demo: bool = field(default=False, metadata={"help": "generate the bundled catalogue and train a tiny MODA"})
-    demo_items: int = field(default=2400, metadata={"help": "catalogue items generated for --demo"})
+    demo_items: int = field(default=4800, metadata={"help": "catalogue items generated for --demo"})
     demo_image_size: int = field(default=64, metadata={"help": "catalogue image side for --demo"})
     validation_size: float = field(default=0.1, metadata={"help": "fraction for validation (loss every epoch)"})
     test_size: float = field(default=0.1, metadata={"help": "fraction for the final test (never used to select)"})

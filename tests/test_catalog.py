@@ -1,12 +1,14 @@
 """The demo catalogue: Kaggle layout, images, determinism, variety, and captions that state what the drawing shows."""
 
 import csv
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
-from moda.demo.catalog import CSV_COLUMNS, PATTERNS, main, make_catalog, pattern_word, product_noun
+from moda.demo.catalog import CSV_COLUMNS, PATTERNS, PRODUCT_TYPES, _fabric, main, make_catalog, pattern_word, product_noun
 
 
 def _read_rows(csv_path: Path) -> list[dict[str, str]]:
@@ -71,6 +73,44 @@ def test_every_description_names_colour_pattern_and_product(catalogue):
         assert pattern_word(row["Pattern"]) in description, row
         assert product_noun(row["ProductType"]) in description, row
 
+
+def _runs(line: np.ndarray) -> list[int]:
+    """Lengths of the runs of True in a row of pixels, cut at the edges."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], line.astype(int), [0]])))
+    return [int(end - start) for start, end in zip(edges[::2], edges[1::2]) if start > 0 and end < len(line)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_each_pattern_has_its_own_geometry_at_the_towers_side(seed):
+    """At 64 pixels (the demo tower's input, 8-pixel patches) stripes vary along one axis only, checks along both
+    with half the cloth shaded, dots a fifth to a third; bands and squares are at least half a patch wide."""
+    rgb = (200, 60, 40)
+    shaded = {
+        pattern: (np.asarray(_fabric(64, rgb, pattern, random.Random(seed))) != rgb).any(-1) for pattern in PATTERNS
+    }
+    assert not shaded["Solid"].any()
+    stripes = shaded["Striped"]
+    vertical, horizontal = (stripes == stripes[:1]).all(), (stripes == stripes[:, :1]).all()
+    assert vertical != horizontal and 0.4 < stripes.mean() < 0.6
+    checks = shaded["Checked"]
+    assert not (checks == checks[:1]).all() and not (checks == checks[:, :1]).all() and 0.45 < checks.mean() < 0.6
+    assert 0.1 < shaded["Polka-dot"].mean() < 0.36
+    for pattern in ("Striped", "Checked"):
+        lines = shaded[pattern].T if pattern == "Striped" and horizontal else shaded[pattern]
+        assert min(run for line in lines for run in _runs(line)) >= 4, pattern
+
+
+def test_every_product_type_has_its_own_silhouette():
+    """No two silhouettes overlap for more than three quarters of their joint area (at 64 pixels, before the
+    per-item scale and rotation): the caption names the type, so the drawing must show it."""
+    masks = {}
+    for product_type in PRODUCT_TYPES:
+        body, details = Image.new("L", (64, 64)), Image.new("L", (64, 64))
+        product_type.draw(ImageDraw.Draw(body), ImageDraw.Draw(details), 64)
+        masks[product_type.name] = np.asarray(body) > 0
+    for index, (name, mask) in enumerate(masks.items()):
+        for other, other_mask in list(masks.items())[index + 1 :]:
+            assert (mask & other_mask).sum() < 0.75 * (mask | other_mask).sum(), (name, other)
 
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):

@@ -9,7 +9,7 @@ from transformers import CLIPModel
 from modeling_moda import MODAForConditionalGeneration
 from moda.demo.backbones import save_tiny_backbones
 from moda.demo.catalog import make_catalog
-from moda.demo.vision_pretraining import REPORT_NAME, pretrain_vision_tower
+from moda.demo.vision_pretraining import REPORT_NAME, augment, pretrain_vision_tower
 
 from conftest import FASHION_TEXTS
 
@@ -29,8 +29,21 @@ def test_pretraining_updates_the_saved_tower_and_reports_accuracy(tmp_path):
     # the same catalogue drawn again: the held-out combinations are all that is missing
     with make_catalog(tmp_path / "same", 160, seed=1, image_size=32).open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    kept = [row for row in rows if row["Pattern"] != "Solid" and (row["Colour"], row["ProductType"]) != ("Red", "Dresses")]
+    red_dress = {"Colour": "Red", "ProductType": "Dresses"}
+    kept = [row for row in rows if row["Pattern"] != "Solid" and {k: row[k] for k in red_dress} != red_dress]
     assert 0 < report["items"] == len(kept) < len(rows)
     model = MODAForConditionalGeneration.from_backbones(vision_dir, text_dir)
     torch.testing.assert_close(model.vision_tower.vision_model.state_dict()["post_layernorm.weight"],
                                after["post_layernorm.weight"])
+
+
+def test_augment_mirrors_and_shifts_each_image_within_bounds():
+    pixels = torch.zeros(200, 3, 13, 13)
+    pixels[:, :, 6, 3] = 1.0  # one bright pixel, left of centre; mirrored, it is at column 9
+    augmented = augment(pixels, max_shift=2)
+    assert augmented.shape == pixels.shape
+    assert torch.equal(augmented.sum(dim=(1, 2, 3)), pixels.sum(dim=(1, 2, 3)))  # moved, never lost or doubled
+    where = [divmod(int(image[0].argmax()), 13) for image in augmented]
+    assert all(abs(y - 6) <= 2 and (abs(x - 3) <= 2 or abs(x - 9) <= 2) for y, x in where)
+    assert {x < 6 for _, x in where} == {True, False}  # some mirrored, some not
+    assert len(set(where)) > 10  # shifted image by image, not one shift per batch

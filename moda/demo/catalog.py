@@ -191,10 +191,12 @@ def _draw_sports_shoe(body: ImageDraw.ImageDraw, details: ImageDraw.ImageDraw, s
 
 
 def _draw_heel(body: ImageDraw.ImageDraw, details: ImageDraw.ImageDraw, side: int) -> None:
-    outline = [(0.14, 0.30), (0.26, 0.28), (0.34, 0.42), (0.56, 0.62), (0.88, 0.70), (0.90, 0.75), (0.55, 0.75),
-               (0.30, 0.54), (0.25, 0.54), (0.23, 0.88), (0.19, 0.88), (0.16, 0.52)]
+    # a pump: an upper deep enough to show its pattern, an arched sole and a stiletto heel
+    sole = [(0.14, 0.60), (0.27, 0.62), (0.34, 0.62), (0.56, 0.74), (0.92, 0.72)]
+    outline = [(0.12, 0.30), (0.30, 0.38), (0.52, 0.46), (0.76, 0.50), (0.90, 0.58), (0.92, 0.72), (0.56, 0.74),
+               (0.34, 0.62), (0.27, 0.62), (0.25, 0.90), (0.19, 0.90), (0.14, 0.60)]
     body.polygon(_scaled(outline, side), fill=255)
-    details.line(_scaled([(0.16, 0.52), (0.30, 0.54), (0.55, 0.75)], side), fill=255, width=_stroke(side))
+    details.line(_scaled(sole, side), fill=255, width=_stroke(side))
 
 
 def _draw_flip_flops(body: ImageDraw.ImageDraw, details: ImageDraw.ImageDraw, side: int) -> None:
@@ -206,10 +208,14 @@ def _draw_flip_flops(body: ImageDraw.ImageDraw, details: ImageDraw.ImageDraw, si
 
 
 def _draw_sandal(body: ImageDraw.ImageDraw, details: ImageDraw.ImageDraw, side: int) -> None:
-    body.rounded_rectangle(_box(0.36, 0.06, 0.64, 0.94, side), radius=0.12 * side, fill=255)
-    for top, bottom in ((0.20, 0.28), (0.38, 0.46), (0.70, 0.76)):
-        body.rectangle(_box(0.26, top, 0.74, bottom, side), fill=255)
-        details.rectangle(_box(0.26, top, 0.74, bottom, side), fill=255)
+    # a pair seen from above, like the flip flops, but slim soles under two wide straps that stand out on both
+    # sides: one sole with straps across reads as a t-shirt's body and sleeves
+    for sole_left in (0.14, 0.64):
+        body.rounded_rectangle(_box(sole_left, 0.08, sole_left + 0.22, 0.92, side), radius=0.09 * side, fill=255)
+        for top in (0.24, 0.54):
+            strap = _box(sole_left - 0.07, top, sole_left + 0.29, top + 0.13, side)
+            body.rectangle(strap, fill=255)
+            details.rectangle(strap, outline=255, width=_stroke(side))
 
 
 ANY_GENDER = tuple(GENDER_WORDS)
@@ -241,24 +247,28 @@ PRODUCT_TYPES: tuple[ProductType, ...] = (
 _BRANDS = ("Modaline", "Urban Thread", "Northloom", "Velvetta", "Kestrel", "Marigold & Co")
 
 
-def _shade(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
-    """A darker shade for light colours, a lighter one for dark colours: patterns keep the colour recognisable."""
+def _shade(rgb: tuple[int, int, int], strength: float = 0.5) -> tuple[int, int, int]:
+    """A darker shade for light colours, a lighter one for dark colours, `strength` of the way to black or white:
+    patterns keep the colour recognisable, and details drawn stronger than the pattern stay apart from it."""
     luminance = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
     if luminance > 140:
-        return tuple(round(channel * 0.65) for channel in rgb)
-    return tuple(round(channel + (255 - channel) * 0.4) for channel in rgb)
+        return tuple(round(channel * (1 - strength)) for channel in rgb)
+    return tuple(round(channel + (255 - channel) * strength) for channel in rgb)
+
+
+DETAIL_STRENGTH = 0.8  # collars, buttons, soles and outlines: well beyond the pattern's 0.5
 
 
 def _fabric(side: int, rgb: tuple[int, int, int], pattern: str, rng: random.Random) -> Image.Image:
     """A square of cloth in the item's colour, with the pattern drawn in a shade of the same colour.
 
-    Each pattern covers its own share of the cloth: stripes half in one direction, gingham checks three quarters (bands
-    both ways in a half shade, full shade where they cross), polka dots a fifth. Its period (6 to 10 pixels at 64)
-    keeps them apart at the side the demo's vision tower sees."""
+    Each pattern has its own geometry and share of the cloth: stripes half, in one direction; checks half, as a
+    checkerboard; polka dots a fifth, as small round dots. Its period (8 to 12 pixels at 64) keeps them apart at the
+    side the demo's vision tower sees."""
     fabric = Image.new("RGB", (side, side), rgb)
     draw = ImageDraw.Draw(fabric)
     shade = _shade(rgb)
-    period = rng.randint(max(4, side // 10), max(6, side // 6))
+    period = rng.randint(max(4, side // 8), max(6, side // 5))
     band = max(1, period // 2)
     if pattern == "Striped":
         vertical = rng.random() < 0.5
@@ -266,12 +276,8 @@ def _fabric(side: int, rgb: tuple[int, int, int], pattern: str, rng: random.Rand
             box = [offset, 0, offset + band - 1, side] if vertical else [0, offset, side, offset + band - 1]
             draw.rectangle(box, fill=shade)
     elif pattern == "Checked":
-        half_shade = tuple((channel + shaded) // 2 for channel, shaded in zip(rgb, shade))
-        for offset in range(0, side, period):
-            draw.rectangle([offset, 0, offset + band - 1, side], fill=half_shade)
-            draw.rectangle([0, offset, side, offset + band - 1], fill=half_shade)
-        for x in range(0, side, period):
-            for y in range(0, side, period):
+        for row, y in enumerate(range(0, side, band)):
+            for x in range((row % 2) * band, side, 2 * band):
                 draw.rectangle([x, y, x + band - 1, y + band - 1], fill=shade)
     elif pattern == "Polka-dot":
         radius = period / 4
@@ -301,8 +307,8 @@ def draw_item(product_type: ProductType, colour: Colour, pattern: str, side: int
 
     item = Image.new("RGBA", (side, side), (0, 0, 0, 0))
     item.paste(_fabric(side, rgb, pattern, rng), (0, 0), body_mask)
-    item.paste(_shade(rgb), (0, 0, side, side), detail_mask)
-    item.paste(_shade(rgb), (0, 0, side, side), edge_mask)
+    item.paste(_shade(rgb, DETAIL_STRENGTH), (0, 0, side, side), detail_mask)
+    item.paste(_shade(rgb, DETAIL_STRENGTH), (0, 0, side, side), edge_mask)
     if rng.random() < 0.5:
         item = item.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     scaled_side = round(side * rng.uniform(0.7, 1.0))

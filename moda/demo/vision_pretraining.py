@@ -53,13 +53,25 @@ def load_labelled_pixels(
     return pixel_values, rows
 
 
+def augment(pixels: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Each image mirrored or not (items face either way in the catalogue) and shifted by up to `max_shift` pixels
+    each way over its own edge colour: the tower otherwise learns its 10,000 drawings by heart."""
+    mirrored = torch.rand(len(pixels), 1, 1, 1) < 0.5
+    pixels = torch.where(mirrored, pixels.flip(-1), pixels)
+    padded = F.pad(pixels, (max_shift,) * 4, mode="replicate")
+    side = pixels.shape[-1]
+    offsets = torch.randint(0, 2 * max_shift + 1, (len(pixels), 2)).tolist()
+    return torch.stack([image[:, y : y + side, x : x + side] for image, (y, x) in zip(padded, offsets)])
+
+
 def pretrain_vision_tower(
     vision_dir: str | Path,
     n_items: int = 12000,
     seed: int = 1,
-    epochs: int = 14,
-    batch_size: int = 64,
+    epochs: int = 20,
+    batch_size: int = 32,
     learning_rate: float = 2e-3,
+    max_shift: int = 6,
     holdout: str | None = None,
 ) -> dict:
     """Trains the CLIP checkpoint in `vision_dir` to classify product type, colour and pattern, saves it back in
@@ -94,9 +106,7 @@ def pretrain_vision_tower(
         order = torch.randperm(train_items)
         for step in range(steps_per_epoch):
             index = order[step * batch_size : (step + 1) * batch_size]
-            mirrored = torch.rand(len(index), 1, 1, 1) < 0.5  # items face either way in the catalogue
-            batch = torch.where(mirrored, pixel_values[index].flip(-1), pixel_values[index])
-            outputs = logits(batch)
+            outputs = logits(augment(pixel_values[index], max_shift))
             loss = sum(F.cross_entropy(outputs[key], labels[key][index]) for key in heads)
             optimizer.zero_grad()
             loss.backward()
