@@ -133,9 +133,8 @@ def fuse_attention_projections(decoder: nn.Module) -> None:
     Exact: int8 weights have one scale per row and activations one scale per call, read off the same input, so
     every output row is the one its own projection writes.
     """
-    for layer in decoder.layers:
-        attention = layer.self_attn
-        projections = (attention.q_proj, attention.k_proj, attention.v_proj)
+    for attention in list(decoder.modules()):  # every module with int8 q/k/v projections (OPT's attention)
+        projections = [getattr(attention, name, None) for name in ("q_proj", "k_proj", "v_proj")]
         if not all(isinstance(projection, DynamicInt8Linear) for projection in projections):
             continue
         weights, biases = [projection.weight() for projection in projections], [p.bias() for p in projections]
