@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object, parse_flag_from_env
 from tqdm.auto import tqdm
+from transformers import set_seed
 
 from modeling_moda.fast_inference import MODES, VISION_PRECISIONS
 
@@ -250,8 +252,6 @@ def grid_batches(todo: list[int], batch_size: int) -> list[tuple[int, list[int]]
     """(k, rows): the rows of `todo` in batch k of the whole input (rows k*B to k*B+B-1). A resumed run, or one split
     between processes, puts every row in the batch an uninterrupted run puts it in, which sampling needs to write
     the same text (a batch's samples depend on all its rows)."""
-    from itertools import groupby
-
     return [(k, list(rows)) for k, rows in groupby(todo, key=lambda index: index // batch_size)]
 
 
@@ -259,8 +259,6 @@ def describe_share(model, processor, rows, batches: list[tuple[int, list[int]]],
                    **options):  # fmt: skip
     """Yields the results of `batches` (`grid_batches`) one batch at a time (`describe_batch`), with a progress bar;
     batch k seeded with `seed` + k when there is a seed."""
-    from transformers import set_seed
-
     with tqdm(total=sum(len(indices) for _, indices in batches), desc="describing", unit="image",
               disable=not progress) as bar:  # fmt: skip
         for k, indices in batches:
