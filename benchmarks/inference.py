@@ -58,6 +58,10 @@ VARIANTS = {
     "cli-generate": {"label": "CLI default's model through generate (no lean loop)", **CLI, "lean": False},
     "cli-unfused": {"label": "CLI default without the stacked q/k/v projections (three int8 matmuls a layer)", **CLI,
                     "fuse_projections": False},
+    "cli-fp32-head": {"label": "CLI default, shortlisted head scored in fp32 (no bf16 screening)", **CLI,
+                      "screen_head": False},
+    "drafts-fp32-head": {"label": "CLI default + caption drafts, shortlisted head scored in fp32", **CLI,
+                         "drafts": True, "screen_head": False},
     "cli-fp32-vision": {"label": "CLI default, fp32 vision (--vision fp32)", **CLI, "vision": "fp32"},
     "cli-int8-vision": {"label": "CLI default, int8 vision (--vision int8)", **CLI, "vision": "int8"},
     "drafts": {"label": f"CLI default for one image: + caption drafts, {AUTO_VISION} vision", **CLI, "drafts": True},
@@ -108,7 +112,8 @@ def measure_variant(spec: dict) -> dict:
         if spec.get("drafts"):
             model = make_decisive(model, vocabulary[0])
         model = apply_cpu_fast_path(
-            model, spec["fast"], spec["vision"], vocabulary, fuse_projections=spec.get("fuse_projections", True)
+            model, spec["fast"], spec["vision"], vocabulary, fuse_projections=spec.get("fuse_projections", True),
+            screen_head=spec.get("screen_head"),
         )
     model.generation_config.eos_token_id = None  # fixed length, without a per-step min-length processor
     image_processor = CLIPImageProcessorPil()
@@ -168,21 +173,22 @@ def vision_tower_seconds(precision: str, repeats: int = 10) -> float:
 
 
 def print_floor(args, tokens_per_pass: float) -> dict:
-    """The floor under one image at the CLI default: int8 decoder + fp32 shortlisted head bytes read each pass
+    """The floor under one image at the CLI default: int8 decoder + shortlisted head bytes read each pass
     (bandwidth-bound), divided by the tokens a pass writes with drafts, plus the vision tower at --vision auto."""
     if args.threads:
         torch.set_num_threads(args.threads)
     text = MODAConfig().text_config
     layer_bytes = 4 * text.hidden_size**2 + 2 * text.hidden_size * text.ffn_dim
     decoder_bytes = text.num_hidden_layers * layer_bytes
-    head_bytes = 4 * args.shortlist_tokens * text.hidden_size  # the shortlisted head stays fp32
+    head_precision = "bf16" if cpu_has_native_bf16() else "fp32"  # the shortlisted head as the default screens it
+    head_bytes = (2 if head_precision == "bf16" else 4) * args.shortlist_tokens * text.hidden_size
     bandwidth = roofline.int8_streaming_gb_per_s()
     decoding = args.new_tokens * (decoder_bytes + head_bytes) / bandwidth / 1e9
     vision = vision_tower_seconds(AUTO_VISION)
     floor = decoding / tokens_per_pass + vision
     print(
         f"floor: int8 weights stream at {bandwidth:.1f} GB/s here (batch 1, torch's int8 kernel); "
-        f"{decoder_bytes / 1e6:.0f} MB of int8 decoder + {head_bytes / 1e6:.0f} MB of fp32 head per pass x "
+        f"{decoder_bytes / 1e6:.0f} MB of int8 decoder + {head_bytes / 1e6:.0f} MB of {head_precision} head per pass x "
         f"{args.new_tokens} tokens = {decoding:.3f} s of decoding at one token per pass, / {tokens_per_pass:.2f} "
         f"tokens per pass with drafts, + {vision:.3f} s of {AUTO_VISION} vision tower = {floor:.3f} s for one image "
         "(preprocessing and the projector not counted)"

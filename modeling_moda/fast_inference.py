@@ -36,6 +36,8 @@ from .quantized_weights import DynamicInt8Linear, int8_linear, load_quantized_we
 logger = logging.get_logger(__name__)
 
 MODES = ("int8", "bf16", "none")
+# Rows of a screened shortlist head rescored in fp32 at most (`ShortlistHead.screened_argmax`)
+SCREEN_CANDIDATES = 32
 # The vision tower's precision under mode="int8"; "auto" is bf16 where the CPU computes bf16 natively, else fp32.
 VISION_PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
@@ -70,10 +72,12 @@ class ShortlistHead(nn.Module):
     """An LM head that scores only `token_ids`; every other token gets the lowest logit, so it is never chosen.
 
     Logits keep the full vocabulary's width, so `generate`, the processor and every logits processor work as
-    before; only the matrix product shrinks (50272 rows to a few thousand).
+    before; only the matrix product shrinks (50272 rows to a few thousand). With `screen`, `best_tokens` (the lean
+    loop's argmax) first scores the rows with a bf16 copy and rescores in fp32 only the few rows that bf16 cannot
+    rule out: the fp32 head's argmax, from half the bytes (benchmarks/inference.py's "cli-fp32-head" row).
     """
 
-    def __init__(self, head: nn.Linear, token_ids: Sequence[int]):
+    def __init__(self, head: nn.Linear, token_ids: Sequence[int], screen: bool = False):
         super().__init__()
         ids = torch.tensor(sorted(set(token_ids)), dtype=torch.long)
         if len(ids) == 0 or ids[0] < 0 or ids[-1] >= head.out_features:
@@ -86,11 +90,47 @@ class ShortlistHead(nn.Module):
             self.shortlist.weight.copy_(head.weight[ids])
             if head.bias is not None:
                 self.shortlist.bias.copy_(head.bias[ids])
+        weight = self.shortlist.weight.detach()
+        self.register_buffer("screen_weight", weight.to(torch.bfloat16) if screen else None, persistent=False)
+        self.register_buffer("row_norms", weight.float().norm(dim=1) if screen else None, persistent=False)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         scores = self.shortlist(hidden_states)
         logits = scores.new_full((*scores.shape[:-1], self.vocab_size), torch.finfo(scores.dtype).min)
         return logits.index_copy_(-1, self.token_ids, scores)
+
+    def best_tokens(self, hidden_states: torch.Tensor) -> torch.LongTensor:
+        """The argmax token of every position, scored on the shortlist's rows only (ties: the lowest id)."""
+        flat = hidden_states.reshape(-1, hidden_states.shape[-1])
+        if self.screen_weight is None:
+            return self.token_ids[self.shortlist(flat).argmax(-1)].view(hidden_states.shape[:-1])
+        return self.token_ids[self.screened_argmax(flat)].view(hidden_states.shape[:-1])
+
+    def screen_bounds(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """bf16 logits of the shortlist's rows for each row of `flat`, and how far each may be from its fp32 logit.
+
+        Rounding to bf16 moves a weight or an activation by at most 2^-8 of itself, so a bf16 logit is off by at
+        most (2^-7 + 2^-16) |w| |x| (Cauchy-Schwarz), plus the fp32 accumulation's n 2^-24 of that and 2^-8 of
+        itself (the rounding of the bf16 output).
+        """
+        rough = nn.functional.linear(flat.to(torch.bfloat16), self.screen_weight).float()
+        relative = 2**-7 + 2**-16 + flat.shape[-1] * 2**-24
+        return rough, relative * flat.float().norm(dim=-1, keepdim=True) * self.row_norms + 2**-8 * rough.abs()
+
+    def screened_argmax(self, flat: torch.Tensor) -> torch.LongTensor:
+        """The fp32 shortlist's argmax row for each row of `flat`, reading its weights in bf16: every row whose
+        upper bound reaches the best lower bound may win, and those (at most `SCREEN_CANDIDATES`, else every row
+        is scored in fp32) are rescored in fp32."""
+        rough, slack = self.screen_bounds(flat)
+        best_lower = (rough - slack).max(-1, keepdim=True).values
+        count = min(SCREEN_CANDIDATES, len(self.token_ids))
+        if int((rough + slack >= best_lower).sum(-1).max()) > count:  # too close to call in bf16
+            return self.shortlist(flat).argmax(-1)
+        candidates = (rough + slack).topk(count, sorted=False).indices.sort(-1).values  # ascending: ties go low
+        exact = torch.bmm(self.shortlist.weight[candidates], flat.unsqueeze(-1)).squeeze(-1)
+        if self.shortlist.bias is not None:
+            exact = exact + self.shortlist.bias[candidates]
+        return candidates.gather(-1, exact.argmax(-1, keepdim=True)).squeeze(-1)
 
 
 def eos_token_ids(generation_config) -> list[int]:
@@ -99,16 +139,17 @@ def eos_token_ids(generation_config) -> list[int]:
     return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
 
 
-def restrict_vocabulary(model: nn.Module, token_ids: Sequence[int]) -> nn.Module:
+def restrict_vocabulary(model: nn.Module, token_ids: Sequence[int], screen: bool = False) -> nn.Module:
     """Makes `model` write only `token_ids` (plus EOS): a `ShortlistHead` replaces the LM head, in place.
 
     For a model fine-tuned on captions, `token_ids` are the tokens of its training captions
     (`caption_vocabulary.py`); it never puts a higher score on any other token, so greedy descriptions
-    stay the same while each step reads a tenth of the head.
+    stay the same while each step reads a tenth of the head. `screen`: see `ShortlistHead`.
     """
     eos = eos_token_ids(model.generation_config)
     language_model = model.language_model
-    language_model.set_output_embeddings(ShortlistHead(language_model.get_output_embeddings(), [*token_ids, *eos]))
+    head = ShortlistHead(language_model.get_output_embeddings(), [*token_ids, *eos], screen=screen)
+    language_model.set_output_embeddings(head)
     stop_tying(model)
     return model
 
@@ -163,6 +204,7 @@ def apply_cpu_fast_path(
     vocabulary: Sequence[int] | None = None,
     checkpoint: str | None = None,
     fuse_projections: bool = True,
+    screen_head: bool | None = None,
 ) -> nn.Module:
     """Returns `model` (changed in place, eval mode, no grads) set up for fast CPU inference.
 
@@ -180,6 +222,8 @@ def apply_cpu_fast_path(
             `quantized_weights.WEIGHTS_FILE` when it has one that matches, instead of being made here.
         fuse_projections: in int8 mode, also stack each attention's q/k/v projections for the lean greedy loop
             (`fuse_attention_projections`; off only to measure what it saves).
+        screen_head: in int8 mode with a `vocabulary`, let the lean loop screen the shortlisted head in bf16
+            (`ShortlistHead`; same tokens). None: where the CPU has native bf16 (`cpu_has_native_bf16`).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -192,7 +236,8 @@ def apply_cpu_fast_path(
         raise ValueError(f"the CPU fast path starts from float32 weights, got {model.dtype}")
     model.eval().requires_grad_(False)
     if vocabulary is not None:
-        restrict_vocabulary(model, vocabulary)
+        screen = mode == "int8" and (cpu_has_native_bf16() if screen_head is None else screen_head)
+        restrict_vocabulary(model, vocabulary, screen)
     if mode == "bf16":
         if not cpu_has_native_bf16():
             logger.warning("this CPU has no native bf16: bf16 matmuls are emulated and may be slower than fp32")

@@ -108,12 +108,9 @@ def attention_mask_for(
 
 
 def best_tokens(head: nn.Module, hidden: torch.Tensor) -> torch.LongTensor:
-    """The LM head's argmax; a `ShortlistHead` is scored on its own rows, never widened to the whole vocabulary.
-
-    Its token ids are sorted, so ties resolve to the lowest id, as the full-width argmax does.
-    """
+    """The LM head's argmax; a `ShortlistHead` is scored on its own rows, never widened to the whole vocabulary."""
     if isinstance(head, ShortlistHead):
-        return head.token_ids[head.shortlist(hidden).argmax(-1)]
+        return head.best_tokens(hidden)
     return head(hidden).argmax(-1)
 
 

@@ -108,3 +108,48 @@ def test_cli_loader_uses_the_checkpoint_vocabulary(tmp_path, tiny_checkpoint, ti
     assert isinstance(int8.language_model.get_output_embeddings(), ShortlistHead)
     assert not isinstance(full.language_model.get_output_embeddings(), ShortlistHead)
     assert not isinstance(plain.language_model.get_output_embeddings(), ShortlistHead)
+
+
+def screened_and_plain(rows: torch.Tensor) -> tuple[ShortlistHead, ShortlistHead]:
+    head = torch.nn.Linear(rows.shape[1], rows.shape[0], bias=False)
+    with torch.no_grad():
+        head.weight.copy_(rows)
+    ids = list(range(rows.shape[0]))
+    return ShortlistHead(head, ids, screen=True), ShortlistHead(head, ids)
+
+
+@pytest.mark.parametrize("scale", [0.02, 1.0, 30.0])
+def test_a_screened_head_picks_the_fp32_heads_argmax(scale):
+    """bf16 screening with fp32 rescoring gives the fp32 argmax at any weight scale, where bf16 alone would not:
+    a few candidates are rescored, and a near-tie of more rows than it rescores is scored in fp32 throughout."""
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randn(600, 64, generator=generator) * scale
+    rows[300:340] = rows[7] + torch.randn(40, 64, generator=generator) * scale * 1e-4  # 41 near-copies of row 7
+    screened, plain = screened_and_plain(rows)
+    full_scorings = []
+    screened.shortlist.register_forward_hook(lambda *_: full_scorings.append(1))
+    direction = rows[7] / rows[7].norm()
+    random_positions = torch.randn(2, 50, 64, generator=generator)
+    random_positions -= (random_positions @ direction)[..., None] * direction  # row 7's copies score 0: never tied
+    near_ties = direction * 8 + torch.randn(10, 64, generator=generator) * 0.01
+    with torch.inference_mode():
+        for hidden, scored_in_full in ((random_positions, 0), (near_ties, 1)):
+            expected = plain.shortlist(hidden).argmax(-1)
+            assert torch.equal(screened.best_tokens(hidden), expected)
+            assert torch.equal(plain.best_tokens(hidden), expected)
+            assert len(full_scorings) == scored_in_full
+            rough, slack = screened.screen_bounds(hidden.reshape(-1, 64))
+            assert ((plain.shortlist(hidden).reshape(-1, 600) - rough).abs() <= slack).all()  # a true bound
+    assert set(expected.tolist()) <= {7, *range(300, 340)}
+
+
+def test_the_lean_loop_with_a_screened_head_writes_generates_tokens(tiny_model, photo_batch, fp32_tokens):
+    written = sorted(set(fp32_tokens.flatten().tolist()))
+    screened = apply_cpu_fast_path(copy.deepcopy(tiny_model), "int8", vocabulary=written, screen_head=True)
+    plain = apply_cpu_fast_path(copy.deepcopy(tiny_model), "int8", vocabulary=written, screen_head=False)
+    assert screened.language_model.get_output_embeddings().screen_weight.dtype == torch.bfloat16
+    assert plain.language_model.get_output_embeddings().screen_weight is None
+    with torch.inference_mode():
+        lean = greedy_generate(screened, **photo_batch, max_new_tokens=NEW_TOKENS)
+        assert torch.equal(lean, screened.generate(**photo_batch, max_new_tokens=NEW_TOKENS, do_sample=False))
+        assert torch.equal(lean, greedy_generate(plain, **photo_batch, max_new_tokens=NEW_TOKENS))
