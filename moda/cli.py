@@ -27,7 +27,6 @@ import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object, parse_flag_from_env
 from tqdm.auto import tqdm
-from transformers import set_seed
 
 from modeling_moda.fast_inference import MODES, VISION_PRECISIONS
 
@@ -263,6 +262,8 @@ def describe_share(model, processor, rows, batches: list[tuple[int, list[int]]],
               disable=not progress) as bar:  # fmt: skip
         for k, indices in batches:
             if seed is not None:
+                from transformers import set_seed  # it lives in trainer_utils, which imports peft: only when seeded
+
                 set_seed((seed + k) % 2**32)
             batch = rows[indices]
             yield describe_batch(model, processor, batch["id"], batch["image"], **options)

@@ -20,8 +20,6 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 FORMATS = (".jsonl", ".csv", ".parquet")
 COLUMNS = ("id", "image", "description", "error")
@@ -103,8 +101,7 @@ class Results:
         rows = [results.pop(key) for key in order if key in results] + list(results.values())
         temporary = self.out.with_name(f".{self.out.name}.tmp")
         if self.format == ".parquet":
-            schema = pa.schema([(name, pa.string()) for name in COLUMNS])
-            pq.write_table(pa.Table.from_pylist(rows, schema=schema), temporary)
+            write_parquet(rows, temporary)
         else:
             with open(temporary, "w", newline="", encoding="utf-8") as file:
                 if self.format == ".csv":
@@ -126,18 +123,39 @@ class Results:
         choose = "choose another --out, or --overwrite to replace it"
         try:
             if self.format == ".parquet":
-                rows = pq.read_table(self.out).to_pylist()
+                rows = read_parquet(self.out)
             elif self.format == ".csv":
                 with open(self.out, newline="", encoding="utf-8") as file:
                     rows = list(csv.DictReader(file))
             else:
                 rows = [json.loads(line) for line in self.out.read_text(encoding="utf-8").splitlines() if line]
-        except (OSError, ValueError, pa.ArrowException) as error:
+        except (OSError, ValueError) as error:
             raise ValueError(f"{not_results} ({error}); {choose}") from None
         # only these columns, so that a catalogue with an id column (perhaps the input itself) is never taken for one
         if not all(isinstance(row, dict) and row.get("id") and row.keys() <= set(COLUMNS) for row in rows):
             raise ValueError(f"{not_results} (rows of {', '.join(COLUMNS)}); {choose}")
         return [_clean(row) for row in rows]
+
+
+# pyarrow is imported only for parquet results: at the top it would add about 0.4 s to every `moda describe` start
+def write_parquet(rows: list[dict], path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([(name, pa.string()) for name in COLUMNS])), path)
+
+
+def read_parquet(path: Path) -> list[dict]:
+    """The rows of a parquet file; a file pyarrow cannot read is a ValueError (an OSError where it is one)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except pa.ArrowException as error:
+        if isinstance(error, (OSError, ValueError)):
+            raise
+        raise ValueError(str(error)) from None
 
 
 def _clean(row: dict) -> dict:
