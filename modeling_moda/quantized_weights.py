@@ -49,8 +49,10 @@ def int8_linear(
     with warnings.catch_warnings():  # torch.ao's quantized tensors carry a torchao migration notice
         warnings.simplefilter("ignore")
         weight = torch._make_per_channel_quantized_tensor(int8, scales, zero_points, 0)
-    linear = DynamicInt8Linear(weight.shape[1], weight.shape[0], bias_=bias is not None, dtype=torch.qint8)
+    # built 1 x 1: the constructor packs a random weight of its size for fbgemm, which set_weight_bias packs anew
+    linear = DynamicInt8Linear(1, 1, bias_=bias is not None, dtype=torch.qint8)
     linear.set_weight_bias(weight, bias)
+    linear.out_features, linear.in_features = weight.shape
     return linear
 
 
