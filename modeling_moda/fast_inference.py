@@ -10,7 +10,8 @@ vocabulary and drafts and calls `apply_cpu_fast_path` here.
 Why int8: decoding one description at batch 1 is memory-bound; every new token reads all of OPT-125M's weights
 (500 MB in fp32, 125 MB in int8), and the tied 50272x768 LM head alone is a third of them. `quantize_dynamic`
 stores the decoder's and the head's nn.Linear weights as int8, one scale per output row, and quantizes activations
-on the fly. A shortlisted head (below) stays fp32: it is small, and it is where near-tied tokens are decided.
+on the fly. A shortlisted head (below) stays fp32: it is small, and it is where near-tied tokens are decided
+(where bf16 is native, the lean loop screens it in bf16 first and rescores the few rows left in fp32).
 The vision tower runs once per image, in fp32, bf16 or int8 (`vision`); the projector (two
 layers, once per image) always stays fp32. bf16 halves the weights instead; it pays only on CPUs with native
 bf16 (AVX512-BF16 or AMX), which `cpu_has_native_bf16` reports. A `vocabulary` (the training captions' token
