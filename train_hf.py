@@ -83,7 +83,7 @@ class ModelArguments:
     lora: bool = field(default=False, metadata={"help": "train LoRA adapters on the LM (projector fully trained)"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (peft's default 0; see moda/lora.py)"})
     lora_target_modules: str = field(
         default=",".join(DEFAULT_TARGET_MODULES), metadata={"help": "comma-separated LM module names for LoRA"}
     )
