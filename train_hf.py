@@ -29,7 +29,6 @@ from pathlib import Path
 import datasets
 import torch
 from accelerate.utils import get_int_from_env
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 from transformers import (
     HfArgumentParser,
@@ -237,21 +236,12 @@ class SaveAtEpochEnd(TrainerCallback):
 
 
 class MODATrainer(Trainer):
-    """Trainer with the seed's StepLR schedule (stepped per optimizer update, so it resumes exactly), step
-    checkpoints at an epoch's end saved after that epoch's evaluation (`SaveAtEpochEnd`), and bf16 CPU steps on
-    SDPA's math attention (`training_step`)."""
+    """Trainer with the seed's StepLR schedule (stepped per optimizer update, so it resumes exactly) and step
+    checkpoints at an epoch's end saved after that epoch's evaluation (`SaveAtEpochEnd`)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.add_callback(SaveAtEpochEnd)
-
-    def training_step(self, *args, **kwargs) -> torch.Tensor:
-        """At caption lengths (about 30 tokens) torch's bf16 CPU flash-attention backward costs about three times
-        SDPA's math path, a tenth of a step (benchmarks/train.py: "cache-bf16" against "cache-bf16-flash")."""
-        if not (self.args.bf16 and self.args.device.type == "cpu"):
-            return super().training_step(*args, **kwargs)
-        with sdpa_kernel(SDPBackend.MATH):
-            return super().training_step(*args, **kwargs)
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         if self.args.lr_step_epochs <= 0 or self.lr_scheduler is not None:

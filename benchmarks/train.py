@@ -11,8 +11,8 @@ tokens, then the optimizer step (the original recipe: batch 32, 8 accumulation s
 MODA's settings: the frozen-feature cache (`image_embeds` computed once per dataset, so CLIP leaves the step),
 fused AdamW (`torch.optim.AdamW(fused=True)`, Trainer's `optim="adamw_torch_fused"`), freed memory kept for reuse
 (`moda/cpu_memory.py`, CPU only), the LM head run only at positions with a label (`forward(skip_logits=)`,
-the default while training), bf16 autocast (with SDPA's math attention kernel, as `train_hf.py` runs bf16 on
-CPU) and `torch.compile` (its compile time falls in the untimed warm-up step). Each variant runs in its own process from the same saved weights; "loss check" is the untrained model's
+the default while training), bf16 autocast and `torch.compile` (its compile time falls in the untimed warm-up
+step). Each variant runs in its own process from the same saved weights; "loss check" is the untrained model's
 loss on the batch with dropout off, through the variant's own forward: a check that every variant computes the
 same thing.
 """
@@ -20,13 +20,11 @@ same thing.
 from __future__ import annotations
 
 import argparse
-import contextlib
 
 import measure
 import roofline
 import torch
 from peft import get_peft_model
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from moda.lora import lora_config
 from modeling_moda import MODAConfig, MODAForConditionalGeneration
@@ -57,18 +55,12 @@ VARIANTS = {
         "label": "MODA bf16 autocast, pixel_values, fused AdamW", "images": "pixel_values", "fused": True, "bf16": True
     },
     "cache-bf16": {
-        "label": "MODA default + bf16 autocast, math attention (**`train_hf.py` default where bf16 is native**)",
+        "label": "MODA default + bf16 autocast (**`train_hf.py` default where bf16 is native**)",
         "images": "image_embeds", "fused": True, "reuse_memory": True, "labelled_head": True, "bf16": True,
-        "math_attention": True,
-    },
-    "cache-bf16-flash": {
-        "label": "MODA default + bf16 autocast, SDPA's flash attention kernel", "images": "image_embeds", "fused": True,
-        "reuse_memory": True, "labelled_head": True, "bf16": True,
     },
     "lora-bf16": {
-        "label": "MODA LoRA + bf16 autocast, math attention (`train_hf.py --lora` where bf16 is native)",
-        "images": "image_embeds", "fused": True, "reuse_memory": True, "labelled_head": True, "lora": True,
-        "bf16": True, "math_attention": True,
+        "label": "MODA LoRA + bf16 autocast (`train_hf.py --lora` where bf16 is native)", "images": "image_embeds",
+        "fused": True, "reuse_memory": True, "labelled_head": True, "lora": True, "bf16": True,
     },
 }
 # the rows train_hf.py runs by default, by whether this CPU has native bf16
@@ -111,8 +103,6 @@ def measure_variant(spec: dict) -> dict:
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=1e-5, fused=spec.get("fused"))
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=spec.get("bf16", False))
-    # train_hf.MODATrainer.training_step: bf16 CPU steps run SDPA's math attention
-    attention = (lambda: sdpa_kernel(SDPBackend.MATH)) if spec.get("math_attention") else contextlib.nullcontext
     forward = torch.compile(model) if spec.get("compile") else model  # compiles during the warm-up step
 
     def loss() -> torch.Tensor:
@@ -124,9 +114,8 @@ def measure_variant(spec: dict) -> dict:
     model.train()
 
     def step() -> None:
-        with attention():
-            for _ in range(spec["accumulation_steps"]):
-                (loss() / spec["accumulation_steps"]).backward()
+        for _ in range(spec["accumulation_steps"]):
+            (loss() / spec["accumulation_steps"]).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
