@@ -288,6 +288,7 @@ def prepare_demo(data_args: DataArguments, model_args: ModelArguments, output_di
     if not (backbones / "text" / "tokenizer.json").is_file():
         descriptions = load_fashion_dataset(catalogue)["description"]
         save_tiny_backbones(backbones, descriptions, TinySizes(**DEMO_SIZES))
+        (backbones / "vision" / REPORT_NAME).unlink(missing_ok=True)  # the tower is random again: pretrain it anew
     if not (backbones / "vision" / REPORT_NAME).is_file():
         pretrain_vision_tower(backbones / "vision", seed=1, holdout=data_args.holdout)  # the demo's data is seed 0
     data_args.dataset = str(catalogue)

@@ -414,3 +414,25 @@ def test_bf16_autocast_training_on_cpu(catalogue, tiny_backbones, tmp_path, monk
     assert math.isfinite(metrics["validation"]["eval_loss"])
     model = AutoModel.from_pretrained(out, trust_remote_code=True)
     assert {parameter.dtype for parameter in model.parameters()} == {torch.float32}
+
+
+def test_rebuilt_demo_backbones_get_their_tower_pretrained_again(tmp_path, monkeypatch):
+    """prepare_demo reuses what a run left behind, but new backbones bring a random tower: its pretraining report
+    must not let that tower through unpretrained."""
+    from moda.demo import vision_pretraining
+
+    pretrained = []
+
+    def pretrain(vision_dir, seed, holdout):  # the real one trains for minutes; this records the call and its report
+        pretrained.append(vision_dir)
+        (vision_dir / vision_pretraining.REPORT_NAME).write_text("{}")
+
+    monkeypatch.setattr(vision_pretraining, "pretrain_vision_tower", pretrain)
+    model_args, data_args, _ = train_hf.parse_args(["--demo", "--demo_items", "60", "--output_dir", str(tmp_path)])
+    for _ in range(2):  # the second run finds everything in place
+        train_hf.prepare_demo(data_args, model_args, tmp_path)
+    assert len(pretrained) == 1
+    shutil.rmtree(tmp_path / "backbones" / "text")
+    train_hf.prepare_demo(data_args, model_args, tmp_path)
+    assert len(pretrained) == 2
+    assert (tmp_path / "backbones" / "text" / "tokenizer.json").is_file()
