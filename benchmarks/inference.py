@@ -48,8 +48,9 @@ INT8 = {"dtype": "float32", "fast": "int8", "vision": "fp32"}
 CLI = {**INT8, "lean": True, "shortlist": True, "reuse_memory": True, "vision": "auto"}
 AUTO_VISION = vision_precision("auto")
 DRAFT_TOKENS = 8  # guesses a pass checks at most: greedy_generate's default, generate's prompt_lookup_num_tokens
-# Which positions a simulated drafter guesses right is drawn at random: from one draw to the next, 32 tokens take
-# 7 to 21 passes at the same rate, so the drafts rows average this many draws (latency: the mean of their best times)
+# Which positions a simulated drafter guesses right is drawn at random, and the passes 32 tokens take vary widely
+# from one draw to the next at the same rate: the drafts rows average this many draws (latency: the mean of their
+# best times)
 DRAFTER_DRAWS = 8
 VARIANTS = {
     "baseline": {"label": "transformers fp32 generate (baseline)", "dtype": "float32"},

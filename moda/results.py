@@ -146,15 +146,13 @@ def write_parquet(rows: list[dict], path: Path) -> None:
 
 
 def read_parquet(path: Path) -> list[dict]:
-    """The rows of a parquet file; a file pyarrow cannot read is a ValueError (an OSError where it is one)."""
+    """The rows of a parquet file; a file pyarrow cannot read is a ValueError."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         return pq.read_table(path).to_pylist()
     except pa.ArrowException as error:
-        if isinstance(error, (OSError, ValueError)):
-            raise
         raise ValueError(str(error)) from None
 
 
