@@ -87,6 +87,15 @@ class ModelArguments:
         default=",".join(DEFAULT_TARGET_MODULES), metadata={"help": "comma-separated LM module names for LoRA"}
     )
     merge_lora: bool = field(default=False, metadata={"help": "save the LoRA-merged full model, not the adapter"})
+    word_dropout: float | None = field(
+        default=None,
+        metadata={"help": "while training, zero each description token's input embedding with this probability "
+                  "(MODAConfig.word_dropout); default: the checkpoint's, 0 for a new MODA"},
+    )
+
+    def __post_init__(self):
+        if self.word_dropout is not None and not 0 <= self.word_dropout < 1:
+            raise ValueError(f"--word_dropout must be a probability in [0, 1), got {self.word_dropout}")
 
 
 @dataclass
@@ -191,6 +200,7 @@ DEMO_HOLDOUT = (
 # --demo: what the tiny model on the bundled catalogue needs (each is still overridable on the command line).
 DEMO_DEFAULTS = {
     "projector_hidden_size": 256,
+    "word_dropout": 0.25,  # the captioner reads the type off the image, not off the colour or pattern word before it
     "learning_rate": 2e-3,
     "num_train_epochs": 12,
     "per_device_train_batch_size": 32,
@@ -313,6 +323,8 @@ def build_model(model_args: ModelArguments) -> tuple[MODAForConditionalGeneratio
             model_args.vision_model, model_args.text_model, num_image_tokens=model.config.num_image_tokens
         )
     model.vision_tower.requires_grad_(not model_args.freeze_vision)
+    if model_args.word_dropout is not None:
+        model.config.word_dropout = model_args.word_dropout
     return model, processor
 
 
@@ -417,12 +429,15 @@ def main(argv: list[str] | None = None) -> dict:
     if training_args.device.type == "cpu" and reuse_freed_memory():
         logger.info("CPU training: freed memory is kept for reuse (moda/cpu_memory.py)")
     if data_args.demo:
-        if "OMP_NUM_THREADS" not in os.environ:
-            # The demo's matrices are tiny: extra intra-op threads only add synchronisation, and on a busy
-            # 2-core machine OpenMP spin-waiting made a step ~20x slower than one thread.
-            torch.set_num_threads(1)
+        threads_chosen = "OMP_NUM_THREADS" in os.environ
+        if not threads_chosen:  # the tower's pretraining steps (64 images each) gain from a second core
+            torch.set_num_threads(min(2, os.cpu_count() or 1))
         with training_args.main_process_first(desc="demo catalogue"):
             prepare_demo(data_args, model_args, output_dir)
+        if not threads_chosen:
+            # MODA's demo matrices are tiny: extra intra-op threads only add synchronisation, and on a busy
+            # 2-core machine OpenMP spin-waiting made a step ~20x slower than one thread.
+            torch.set_num_threads(1)
     if data_args.dataset is None:
         raise ValueError("pass --dataset (a catalogue folder, file or Hub id) or --demo")
 

@@ -94,6 +94,9 @@ class MODAConfig(PreTrainedConfig):
             Keep the vision tower frozen (the original recipe trains only the projector and the LM).
         image_token_id (`int`, *optional*, defaults to 50265):
             Token id of the `<image>` placeholder that the processor writes where image features go.
+        word_dropout (`float`, *optional*, defaults to 0.0):
+            While training, the probability that a description token's input embedding is zeroed (its target is
+            kept), so that the next word is read off the image rather than guessed from the words before it.
 
     Example:
 
@@ -119,6 +122,7 @@ class MODAConfig(PreTrainedConfig):
     freeze_vision: bool = True
     image_token_id: int = OPT_IMAGE_TOKEN_ID
     tie_word_embeddings: bool = True
+    word_dropout: float = 0.0
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -141,6 +145,10 @@ class MODAConfig(PreTrainedConfig):
                 value = getattr(config, size, None)
                 if value is not None and not is_positive_int(value):
                     raise ValueError(f"{name}.{size} must be a positive integer, got {value!r}")
+        if isinstance(self.word_dropout, bool) or not isinstance(self.word_dropout, (int, float)) or not (
+            0 <= self.word_dropout < 1
+        ):
+            raise ValueError(f"word_dropout must be a probability in [0, 1), got {self.word_dropout!r}")
         if not is_positive_int(self.projector_hidden_size):
             raise ValueError(f"projector_hidden_size must be a positive integer, got {self.projector_hidden_size!r}")
         vocab_size = self.text_config.vocab_size

@@ -375,6 +375,14 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         next_is_image = nn.functional.pad(placeholders[:, 1:], (0, 1), value=False)
         return shift_labels.masked_fill(next_is_image, -100)
 
+    def drop_words(self, inputs_embeds: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Word dropout (Bowman et al., 2016): zeroes each labelled token's input embedding with probability
+        `config.word_dropout`. A captioner that never read "checked" before "skirt" otherwise learns that the word
+        after "checked" is never "skirt", and writes "checked shirt" under a checked skirt."""
+        is_labelled = nn.functional.pad(targets[:, :-1] != -100, (1, 0), value=False)  # position t is position t-1's target
+        dropped = is_labelled & (torch.rand(is_labelled.shape, device=targets.device) < self.config.word_dropout)
+        return inputs_embeds.masked_fill(dropped.unsqueeze(-1), 0.0)
+
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
@@ -413,6 +421,8 @@ class MODAForConditionalGeneration(MODAPreTrainedModel, GenerationMixin):
         targets = None
         if labels is not None or shift_labels is not None:
             targets = self.next_token_labels(self.get_placeholder_mask(input_ids, token_embeds), labels, shift_labels)
+            if self.training and self.config.word_dropout:
+                inputs_embeds = self.drop_words(inputs_embeds, targets)
         if skip_logits is None:
             skip_logits = self.training and targets is not None and supports_labelled_head(self.config.text_config)
         language_inputs = {"attention_mask": attention_mask, "position_ids": position_ids, "cache": cache,

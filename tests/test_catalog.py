@@ -8,7 +8,19 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from moda.demo.catalog import CSV_COLUMNS, PATTERNS, PRODUCT_TYPES, _fabric, main, make_catalog, pattern_word, product_noun
+from moda.demo.catalog import (
+    COLOURS,
+    CSV_COLUMNS,
+    PATTERNS,
+    PRODUCT_TYPES,
+    _fabric,
+    catalogue_items,
+    draw_item,
+    main,
+    make_catalog,
+    pattern_word,
+    product_noun,
+)
 
 
 def _read_rows(csv_path: Path) -> list[dict[str, str]]:
@@ -121,6 +133,31 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     assert first["fashion.csv"] != other["fashion.csv"]
     shared_images = set(first) & set(other) - {"fashion.csv"}
     assert all(first[name] != other[name] for name in shared_images)
+
+
+@pytest.mark.parametrize("product_type", PRODUCT_TYPES[::4], ids=lambda product_type: product_type.name)
+def test_an_items_seed_fixes_its_pose_whatever_its_colour_and_pattern(product_type):
+    """The vision pretraining pairs each item with itself in plain grey: the seed alone places the silhouette, so
+    the two drawings differ exactly where the item is, and the backdrop and noise are the same pixels."""
+    colours = {colour.name: colour for colour in COLOURS}
+    grey = np.asarray(draw_item(product_type, colours["Grey"], "Solid", 64, seed=11), dtype=int)
+    changed = {
+        pattern: (np.abs(np.asarray(draw_item(product_type, colours["Red"], pattern, 64, seed=11)) - grey) > 40).any(-1)
+        for pattern in ("Solid", "Striped", "Checked")
+    }
+    assert 0.1 < changed["Solid"].mean() < 0.9
+    for pattern in ("Striped", "Checked"):
+        assert (changed[pattern] == changed["Solid"]).mean() > 0.97, pattern
+    other_pose = np.asarray(draw_item(product_type, colours["Red"], "Solid", 64, seed=12), dtype=int)
+    assert ((np.abs(other_pose - grey) > 40).any(-1) != changed["Solid"]).mean() > 0.05
+
+
+def test_catalogue_items_are_the_rows_of_the_catalogue_of_that_seed(catalogue):
+    csv_path, rows = catalogue
+    items = list(catalogue_items(len(rows), seed=3))
+    assert [(item.product_type.name, item.colour.name, item.pattern, item.description) for item in items] == [
+        (row["ProductType"], row["Colour"], row["Pattern"], row["description"]) for row in rows
+    ]
 
 
 def test_product_noun_is_singular_lower_case_and_falls_back():

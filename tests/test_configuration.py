@@ -73,6 +73,8 @@ def test_patch_features_count_class_token_for_clip_only():
         ({"projector_hidden_size": 24.5}, "projector_hidden_size must be a positive integer, got 24.5"),
         ({"projector_hidden_size": "24"}, "projector_hidden_size must be a positive integer, got '24'"),
         ({"projector_hidden_act": "gleu"}, "projector_hidden_act must be one of .*got 'gleu'"),
+        ({"word_dropout": 1.0}, r"word_dropout must be a probability in \[0, 1\), got 1.0"),
+        ({"word_dropout": True}, "word_dropout must be a probability"),
         ({"image_token_id": 64}, "image_token_id 64 is outside"),
         ({"image_token_id": "60"}, "image_token_id must be an integer token id, got '60'"),
         ({"image_token_id": 1}, "image_token_id 1 is the text model's pad_token_id"),

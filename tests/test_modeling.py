@@ -124,6 +124,36 @@ def test_training_step_updates_projector_and_lm_not_vision(tiny_backbones, tiny_
     assert model.get_input_embeddings().weight.grad is not None
 
 
+def test_word_dropout_zeroes_description_tokens_only_while_training(tiny_backbones, tiny_processor, photos):
+    model = MODAForConditionalGeneration.from_backbones(*tiny_backbones)
+    model.config.word_dropout = 0.5
+    decoder_inputs = []
+    model.get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: decoder_inputs.append(kwargs["inputs_embeds"].detach()), with_kwargs=True
+    )
+    batch = tiny_processor(images=photos * 8, text=FASHION_TEXTS[:4] * 8, return_labels=True)
+    unlabelled = {name: value for name, value in batch.items() if name != "labels"}
+    model(**unlabelled)
+    kept = decoder_inputs[-1]
+
+    def dropped_rows(**inputs) -> torch.Tensor:
+        model(**inputs)
+        seen = decoder_inputs[-1]
+        changed = (seen != kept[:, : seen.shape[1]]).any(-1)
+        assert (seen[changed] == 0).all()  # a dropped token's embedding is zeroed, nothing else changes
+        return changed
+
+    model.train()
+    dropped = dropped_rows(**batch)
+    labelled = (batch["labels"] != -100)[:, : dropped.shape[1]]  # training skips a last position that predicts nothing
+    assert not dropped[~labelled].any()  # image, BOS and pad positions are kept
+    assert 0.35 < dropped[labelled].float().mean() < 0.65
+    assert not torch.equal(dropped, dropped_rows(**batch))  # drawn anew at every step
+    assert not dropped_rows(**unlabelled).any()  # no labels, no training targets: nothing is dropped
+    model.eval()
+    assert not dropped_rows(**batch).any()
+
+
 @pytest.mark.parametrize("num_items_in_batch", [None, 40])
 def test_loss_only_path_equals_full_logits(tiny_backbones, tiny_processor, photos, num_items_in_batch):
     model = MODAForConditionalGeneration.from_backbones(*tiny_backbones)  # eval mode: no dropout in either path

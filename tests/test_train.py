@@ -436,3 +436,15 @@ def test_rebuilt_demo_backbones_get_their_tower_pretrained_again(tmp_path, monke
     train_hf.prepare_demo(data_args, model_args, tmp_path)
     assert len(pretrained) == 2
     assert (tmp_path / "backbones" / "text" / "tokenizer.json").is_file()
+
+
+def test_word_dropout_reaches_the_models_config_and_must_be_a_probability(tiny_backbones, tmp_path):
+    vision, text = map(str, tiny_backbones)
+    model_args = train_hf.parse_args(
+        ["--vision_model", vision, "--text_model", text, "--word_dropout", "0.3", "--output_dir", str(tmp_path)]
+    )[0]
+    model, _ = train_hf.build_model(model_args)
+    assert model.config.word_dropout == 0.3
+    assert train_hf.parse_args(["--demo", "--output_dir", str(tmp_path)])[0].word_dropout == train_hf.DEMO_DEFAULTS["word_dropout"] > 0
+    with pytest.raises(ValueError, match=r"--word_dropout must be a probability in \[0, 1\), got 1.5"):
+        train_hf.parse_args(["--word_dropout", "1.5", "--output_dir", str(tmp_path)])

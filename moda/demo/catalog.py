@@ -23,7 +23,7 @@ import argparse
 import csv
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -256,6 +256,7 @@ def _shade(rgb: tuple[int, int, int], strength: float = 0.5) -> tuple[int, int, 
     return tuple(round(channel + (255 - channel) * strength) for channel in rgb)
 
 
+FABRIC_STREAM = 0x5EED  # seed offset of the fabric's random stream
 DETAIL_STRENGTH = 0.8  # collars, buttons, soles and outlines: well beyond the pattern's 0.5
 
 
@@ -296,7 +297,8 @@ def _background(side: int, item_rgb: tuple[int, int, int], rng: random.Random) -
 
 
 def draw_item(product_type: ProductType, colour: Colour, pattern: str, side: int, seed: int) -> Image.Image:
-    """Draw one catalogue image; the same arguments always give the same pixels."""
+    """Draw one catalogue image; the same arguments always give the same pixels, and the same seed the same
+    geometry, background and noise whatever the colour and pattern (the fabric draws from a random stream of its own)."""
     rng = random.Random(seed)
     rgb = tuple(min(255, max(0, channel + rng.randint(-8, 8))) for channel in colour.rgb)
 
@@ -306,7 +308,7 @@ def draw_item(product_type: ProductType, colour: Colour, pattern: str, side: int
     edge_mask = body_mask.filter(ImageFilter.FIND_EDGES)
 
     item = Image.new("RGBA", (side, side), (0, 0, 0, 0))
-    item.paste(_fabric(side, rgb, pattern, rng), (0, 0), body_mask)
+    item.paste(_fabric(side, rgb, pattern, random.Random(seed ^ FABRIC_STREAM)), (0, 0), body_mask)
     item.paste(_shade(rgb, DETAIL_STRENGTH), (0, 0, side, side), detail_mask)
     item.paste(_shade(rgb, DETAIL_STRENGTH), (0, 0, side, side), edge_mask)
     if rng.random() < 0.5:
@@ -342,23 +344,47 @@ def describe(product_type: ProductType, colour: str, pattern: str, rng: random.R
     return rng.choice(templates)
 
 
+@dataclass(frozen=True)
+class Item:
+    """One catalogue entry: its attributes, the seed of its image (`draw_item`), its brand and its caption."""
+
+    product_type: ProductType
+    colour: Colour
+    pattern: str
+    gender: str
+    usage: str
+    image_seed: int
+    brand: str
+    description: str
+
+
+def catalogue_items(n: int, seed: int) -> Iterator[Item]:
+    """The ``n`` items of the catalogue of ``seed``, in order: the same seed gives the same items."""
+    rng = random.Random(seed)
+    for _ in range(n):
+        product_type = rng.choice(PRODUCT_TYPES)
+        colour, pattern = rng.choice(COLOURS), rng.choice(PATTERNS)
+        gender, usage = rng.choice(product_type.genders), rng.choice(product_type.usages)
+        image_seed, brand = rng.getrandbits(32), rng.choice(_BRANDS)
+        description = describe(product_type, colour.name, pattern, rng)
+        yield Item(product_type, colour, pattern, gender, usage, image_seed, brand, description)
+
+
 def make_catalog(out_dir: str | Path, n: int, seed: int = 0, image_size: int = 224) -> Path:
     """Write ``n`` items (CSV + JPEGs) under ``out_dir``; return the CSV path. The same seed gives the same bytes."""
     out_dir = Path(out_dir)
-    rng = random.Random(seed)
     rows = []
-    for index in tqdm(range(n), desc="Drawing catalogue", unit="item"):
-        product_type = rng.choice(PRODUCT_TYPES)
-        colour = rng.choice(COLOURS)
-        pattern = rng.choice(PATTERNS)
-        gender = rng.choice(product_type.genders)
-        usage = rng.choice(product_type.usages)
+    items = tqdm(catalogue_items(n, seed), total=n, desc="Drawing catalogue", unit="item")
+    for index, item in enumerate(items):
+        product_type, colour, pattern, gender, usage = (
+            item.product_type, item.colour, item.pattern, item.gender, item.usage
+        )
         product_id = 10000 + index
         relative_image = Path("images") / product_type.category / gender / f"{product_id}.jpg"
 
         image_path = out_dir / relative_image
         image_path.parent.mkdir(parents=True, exist_ok=True)
-        draw_item(product_type, colour, pattern, image_size, seed=rng.getrandbits(32)).save(image_path, quality=90)
+        draw_item(product_type, colour, pattern, image_size, seed=item.image_seed).save(image_path, quality=90)
 
         pattern_title = "" if pattern == "Solid" else f" {pattern}"
         rows.append({
@@ -369,11 +395,11 @@ def make_catalog(out_dir: str | Path, n: int, seed: int = 0, image_size: int = 2
             "ProductType": product_type.name,
             "Colour": colour.name,
             "Usage": usage,
-            "ProductTitle": f"{rng.choice(_BRANDS)} {gender} {colour.name}{pattern_title} {product_type.noun.title()}",
+            "ProductTitle": f"{item.brand} {gender} {colour.name}{pattern_title} {product_type.noun.title()}",
             "Image": relative_image.as_posix(),
             "ImageURL": f"https://example.invalid/moda/{product_id}.jpg",
             "Pattern": pattern,
-            "description": describe(product_type, colour.name, pattern, rng),
+            "description": item.description,
         })
 
     csv_path = out_dir / CSV_NAME
