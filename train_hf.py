@@ -58,6 +58,7 @@ from processing.data import (
     drop_unusable,
     load_fashion_dataset,
     open_image,
+    parse_holdout,
     split_dataset,
 )
 from processing.feature_cache import add_image_embeds, cached_embeds
@@ -405,6 +406,18 @@ def score_descriptions(predictions: list[str], dataset: datasets.Dataset) -> dic
     return scores
 
 
+def score_combinations(predictions: list[str], dataset: datasets.Dataset, holdout: str) -> dict[str, dict]:
+    """`score_descriptions` for each held-out combination's rows on their own (with their count), so that one
+    combination's misses do not hide behind another's hits."""
+    scores = {}
+    for combination in parse_holdout(holdout):
+        cells = {column: dataset[column] for column in combination}
+        rows = [i for i in range(len(dataset)) if all(cell_text(cells[k][i]) == v for k, v in combination.items())]
+        name = ",".join(f"{column}={value}" for column, value in combination.items())
+        scores[name] = {"rows": len(rows), **score_descriptions([predictions[i] for i in rows], dataset.select(rows))}
+    return scores
+
+
 def save_final(trainer: Trainer, model, processor, model_args: ModelArguments, output_dir: Path):
     """Saves model + processor (a LoRA run: its adapter, or with --merge_lora the merged model); returns the model."""
     if model_args.lora and model_args.merge_lora:
@@ -483,6 +496,8 @@ def main(argv: list[str] | None = None) -> dict:
             if name in splits and len(splits[name]):
                 predictions = generate_descriptions(model, processor, splits[name], data_args)
                 metrics.setdefault(name, {}).update(score_descriptions(predictions, splits[name]))
+                if name == "holdout":
+                    metrics["holdout_combinations"] = score_combinations(predictions, splits[name], data_args.holdout)
                 if name == "test":
                     write_samples(predictions, splits[name], data_args.num_samples, output_dir / "samples.jsonl")
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
@@ -526,11 +541,32 @@ def report(metrics: dict, output_dir: Path) -> None:
             f"  colour + type named right: {_percent(scores['colour_and_type_accuracy'])}, "
             f"contradict nothing: {_percent(scores['contradiction_free_rate'])}"
         )
+        if split == "holdout" and metrics.get("holdout_combinations"):
+            report_combinations(metrics["holdout_combinations"])
     outputs = (
         "model, processor, caption_vocabulary.json, caption_drafts.json, cpu_fast_weights.safetensors, metrics.json, "
         "loss_curve.png and samples.jsonl"
     )
     print(f"{outputs} are in {output_dir}")
+
+
+COMBINATION_COLUMNS = {
+    "colour": "colour_accuracy",
+    "type": "product_type_accuracy",
+    "pattern": "pattern_accuracy",
+    "colour + type": "colour_and_type_accuracy",
+    "contradict nothing": "contradiction_free_rate",
+}
+
+
+def report_combinations(combinations: dict[str, dict]) -> None:
+    """One line per held-out combination: its item count and how often its descriptions name each value right."""
+    name_width = max(len(name) for name in combinations) + 2
+    widths = {title: max(len(title), len("100.0%")) + 2 for title in COMBINATION_COLUMNS}
+    print(f"  {'held-out combination':{name_width}}{'items':>6}" + "".join(f"{t:>{w}}" for t, w in widths.items()))
+    for name, scores in combinations.items():
+        rates = "".join(f"{_percent(scores.get(key)):>{widths[title]}}" for title, key in COMBINATION_COLUMNS.items())
+        print(f"  {name:{name_width}}{scores['rows']:>6}{rates}")
 
 
 if __name__ == "__main__":

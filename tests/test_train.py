@@ -448,3 +448,24 @@ def test_word_dropout_reaches_the_models_config_and_must_be_a_probability(tiny_b
     assert train_hf.parse_args(["--demo", "--output_dir", str(tmp_path)])[0].word_dropout == train_hf.DEMO_DEFAULTS["word_dropout"] > 0
     with pytest.raises(ValueError, match=r"--word_dropout must be a probability in \[0, 1\), got 1.5"):
         train_hf.parse_args(["--word_dropout", "1.5", "--output_dir", str(tmp_path)])
+
+
+def test_each_held_out_combination_is_scored_and_printed_on_its_own(catalogue, tiny_backbones, tmp_path, capsys):
+    rows = load_fashion_dataset(catalogue)
+    first, second = rows[0], rows[1]
+    holdout = f"Colour={first['Colour']};ProductType={second['ProductType']}"
+    metrics = train_hf.main(_args(catalogue, tiny_backbones, tmp_path / "out", "--holdout", holdout))
+    combinations = metrics["holdout_combinations"]
+    assert list(combinations) == [f"Colour={first['Colour']}", f"ProductType={second['ProductType']}"]
+    colour_rows = sum(row["Colour"] == first["Colour"] for row in rows)
+    assert combinations[f"Colour={first['Colour']}"]["rows"] == colour_rows
+    for scores in combinations.values():
+        assert 0 <= scores["colour_accuracy"] <= 1 and 0 <= scores["contradiction_free_rate"] <= 1
+    # a row of both combinations counts in each, and every held-out row in at least one
+    assert max(c["rows"] for c in combinations.values()) <= metrics["rows"]["holdout"] <= sum(
+        c["rows"] for c in combinations.values()
+    )
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["holdout_combinations"] == json.loads(json.dumps(combinations))
+    printed = capsys.readouterr().out
+    assert all(any(line.lstrip().startswith(name) for line in printed.splitlines()) for name in combinations)
