@@ -138,7 +138,8 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
 @pytest.mark.parametrize("product_type", PRODUCT_TYPES[::4], ids=lambda product_type: product_type.name)
 def test_an_items_seed_fixes_its_pose_whatever_its_colour_and_pattern(product_type):
     """The vision pretraining pairs each item with itself in plain grey: the seed alone places the silhouette, so
-    the two drawings differ exactly where the item is, and the backdrop and noise are the same pixels."""
+    the two drawings differ exactly where the item is, and the backdrop (of the same shade behind
+    colours as light as each other) and noise are the same pixels."""
     colours = {colour.name: colour for colour in COLOURS}
     grey = np.asarray(draw_item(product_type, colours["Grey"], "Solid", 64, seed=11), dtype=int)
     changed = {

@@ -298,7 +298,7 @@ def _background(side: int, item_rgb: tuple[int, int, int], rng: random.Random) -
 
 def draw_item(product_type: ProductType, colour: Colour, pattern: str, side: int, seed: int) -> Image.Image:
     """Draw one catalogue image; the same arguments always give the same pixels, and the same seed the same
-    geometry, background and noise whatever the colour and pattern (the fabric draws from a random stream of its own)."""
+    geometry and noise whatever the colour and pattern (the fabric draws from a random stream of its own)."""
     rng = random.Random(seed)
     rgb = tuple(min(255, max(0, channel + rng.randint(-8, 8))) for channel in colour.rgb)
 

@@ -44,7 +44,7 @@ NEUTRAL_COLOUR, NEUTRAL_PATTERN = "Grey", "Solid"
 @dataclass
 class LabelledPixels:
     """Catalogue items as the tower's pixel values, with their catalogue values and, where that is not itself a
-    held-out combination, the same item drawn in plain grey (same silhouette, pose, background and noise)."""
+    held-out combination, the same item drawn in plain grey (same silhouette, pose and noise)."""
 
     pixels: torch.Tensor
     neutral_pixels: torch.Tensor
