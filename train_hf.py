@@ -55,6 +55,7 @@ from processing.data import (
     METADATA_COLUMNS,
     MODACollator,
     cell_text,
+    combination_matches,
     drop_unusable,
     load_fashion_dataset,
     open_image,
@@ -411,8 +412,7 @@ def score_combinations(predictions: list[str], dataset: datasets.Dataset, holdou
     combination's misses do not hide behind another's hits."""
     scores = {}
     for combination in parse_holdout(holdout):
-        cells = {column: dataset[column] for column in combination}
-        rows = [i for i in range(len(dataset)) if all(cell_text(cells[k][i]) == v for k, v in combination.items())]
+        rows = [row for row, matches in enumerate(combination_matches(dataset, combination)) if matches]
         name = ",".join(f"{column}={value}" for column, value in combination.items())
         scores[name] = {"rows": len(rows), **score_descriptions([predictions[i] for i in rows], dataset.select(rows))}
     return scores

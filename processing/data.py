@@ -285,14 +285,23 @@ def parse_holdout(spec: str | None) -> list[dict[str, str]]:
     return combinations
 
 
+def _column_values(dataset: datasets.Dataset, combination: dict[str, str]) -> dict[str, list[str]]:
+    return {key: [cell_text(cell) for cell in dataset[key]] for key in combination}
+
+
+def combination_matches(dataset: datasets.Dataset, combination: dict[str, str]) -> list[bool]:
+    """Whether each row has every value of `combination` (one dict of `parse_holdout`), cells read as `cell_text`."""
+    values = _column_values(dataset, combination)
+    return [all(values[key][row] == value for key, value in combination.items()) for row in range(len(dataset))]
+
+
 def _held_out(dataset: datasets.Dataset, combinations: list[dict[str, str]]) -> list[bool]:
     """Whether each row matches one of `combinations`; one that matches no row (a misspelt value, say) is an error."""
-    values = {key: [cell_text(cell) for cell in dataset[key]] for combination in combinations for key in combination}
     held = [False] * len(dataset)
     for combination in combinations:
-        matches = [all(values[key][row] == value for key, value in combination.items()) for row in range(len(dataset))]
+        matches = combination_matches(dataset, combination)
         if not any(matches):
-            raise _holdout_error(combination, values)
+            raise _holdout_error(combination, _column_values(dataset, combination))
         held = [before or now for before, now in zip(held, matches)]
     return held
 
@@ -377,6 +386,7 @@ __all__ = [
     "MODACollator",
     "caption_from_metadata",
     "cell_text",
+    "combination_matches",
     "drop_unusable",
     "image_stamp",
     "load_fashion_dataset",

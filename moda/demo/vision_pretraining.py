@@ -43,8 +43,8 @@ NEUTRAL_COLOUR, NEUTRAL_PATTERN = "Grey", "Solid"
 
 @dataclass
 class LabelledPixels:
-    """Catalogue items as the tower's pixel values, with their catalogue values and, where that is not itself a
-    held-out combination, the same item drawn in plain grey (same silhouette, pose and noise)."""
+    """Catalogue items as the tower's pixel values, with their catalogue values and, for an item to learn from whose
+    plain grey version is not itself held out, that version (same silhouette, pose and noise)."""
 
     pixels: torch.Tensor
     neutral_pixels: torch.Tensor
@@ -69,11 +69,12 @@ def load_labelled_pixels(
     for item in catalogue_items(n_items, seed):
         row = {"ProductType": item.product_type.name, "Colour": item.colour.name, "Pattern": item.pattern}
         image = _as_jpeg(draw_item(item.product_type, item.colour, item.pattern, side, item.image_seed))
+        held_out = is_held_out(row)  # only scored: its grey view is never learnt from, so none is drawn
         neutral_row = {**row, "Colour": NEUTRAL_COLOUR, "Pattern": NEUTRAL_PATTERN}
-        neutral_image = None if is_held_out(neutral_row) else _as_jpeg(
+        neutral_image = None if held_out or is_held_out(neutral_row) else _as_jpeg(
             draw_item(item.product_type, neutral, NEUTRAL_PATTERN, side, item.image_seed)
         )
-        drawn[is_held_out(row)].append((image, neutral_image, row))
+        drawn[held_out].append((image, neutral_image, row))
 
     def labelled(items: list[tuple]) -> LabelledPixels:
         if not items:
