@@ -23,6 +23,7 @@ import json
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from transformers.utils import logging
 
 import modeling_moda  # noqa: F401  (registers the "moda" Auto classes)
 from moda.cpu_memory import reuse_freed_memory
+from moda.demo.goals import check_goals, report_goals
 from moda.fast_path_files import write_fast_path_files
 from moda.lora import DEFAULT_TARGET_MODULES, lora_config
 from moda.loss_curve import plot_loss_curve
@@ -435,6 +437,7 @@ def save_final(trainer: Trainer, model, processor, model_args: ModelArguments, o
 
 
 def main(argv: list[str] | None = None) -> dict:
+    started = time.monotonic()
     model_args, data_args, training_args = parse_args(argv)
     check_process_group(training_args)
     output_dir = Path(training_args.output_dir)
@@ -500,6 +503,9 @@ def main(argv: list[str] | None = None) -> dict:
                     metrics["holdout_combinations"] = score_combinations(predictions, splits[name], data_args.holdout)
                 if name == "test":
                     write_samples(predictions, splits[name], data_args.num_samples, output_dir / "samples.jsonl")
+        metrics["run"] = {"seconds": time.monotonic() - started}
+        if data_args.demo:
+            metrics["goals"] = check_goals(metrics)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
         plot_loss_curve(trainer.state.log_history, output_dir / "loss_curve.png")
         report(metrics, output_dir)
@@ -516,7 +522,10 @@ def write_samples(predictions: list[str], dataset: datasets.Dataset, count: int,
             handle.write(json.dumps(row) + "\n")
 
 
-SCORED_SPLITS = {"test": "test items", "holdout": "held-out items (attribute combinations never seen in training)"}
+SCORED_SPLITS = {
+    "test": "test items (new items of the combinations trained on)",
+    "holdout": "items of the held-out combinations (attribute combinations never seen in training)",
+}
 
 
 def _percent(value: float | None) -> str:
@@ -543,6 +552,8 @@ def report(metrics: dict, output_dir: Path) -> None:
         )
         if split == "holdout" and metrics.get("holdout_combinations"):
             report_combinations(metrics["holdout_combinations"])
+    if "goals" in metrics:
+        report_goals(metrics["goals"])
     outputs = (
         "model, processor, caption_vocabulary.json, caption_drafts.json, cpu_fast_weights.safetensors, metrics.json, "
         "loss_curve.png and samples.jsonl"

@@ -66,6 +66,7 @@ def test_outputs_and_remote_code_checkpoint(catalogue, tiny_backbones, tmp_path)
     for key in ("test_loss", "bleu", "rougeL", "colour_and_type_accuracy", "contradiction_rate"):
         assert key in saved["test"], key
     assert "eval_loss" in saved["validation"] and saved["test"]["bleu"] == metrics["test"]["bleu"]
+    assert saved["run"]["seconds"] > 0 and "goals" not in saved  # only the demo has goals
 
     model = AutoModel.from_pretrained(out, trust_remote_code=True)
     processor = AutoProcessor.from_pretrained(out, trust_remote_code=True)
@@ -469,3 +470,27 @@ def test_each_held_out_combination_is_scored_and_printed_on_its_own(catalogue, t
     assert saved["holdout_combinations"] == json.loads(json.dumps(combinations))
     printed = capsys.readouterr().out
     assert all(any(line.lstrip().startswith(name) for line in printed.splitlines()) for name in combinations)
+
+
+def test_a_demo_run_checks_its_own_goals_and_says_so(tmp_path, monkeypatch, capsys):
+    """`--demo` ends with the verdict on each of the demo's goals, printed and saved; other runs only time themselves."""
+    from moda.demo import vision_pretraining
+    from moda.demo.catalog import catalogue_items
+    from moda.demo.goals import DEMO_GOALS
+
+    def pretrain(vision_dir, seed, holdout):  # the real pretraining takes minutes; a random tower is enough here
+        (vision_dir / vision_pretraining.REPORT_NAME).write_text("{}")
+
+    monkeypatch.setattr(vision_pretraining, "pretrain_vision_tower", pretrain)
+    first_colour = next(catalogue_items(1, seed=0)).colour.name
+    metrics = train_hf.main(
+        ["--demo", "--demo_items", "80", "--output_dir", str(tmp_path), "--num_train_epochs", "1",
+         "--holdout", f"Colour={first_colour}", "--generation_max_new_tokens", "8", "--dataloader_pin_memory", "false"]
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert [goal["goal"] for goal in saved["goals"]] == [goal.name for goal in DEMO_GOALS]
+    run_time = next(goal for goal in saved["goals"] if goal["goal"] == DEMO_GOALS[-1].name)
+    assert run_time["value"] == saved["run"]["seconds"] > 0 and run_time["met"] == (run_time["value"] <= 600)
+    test_colour = next(goal for goal in saved["goals"] if goal["goal"] == DEMO_GOALS[0].name)
+    assert test_colour["value"] == metrics["test"]["colour_accuracy"]
+    assert "Against the demo's goals:" in capsys.readouterr().out
