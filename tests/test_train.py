@@ -417,18 +417,26 @@ def test_bf16_autocast_training_on_cpu(catalogue, tiny_backbones, tmp_path, monk
     assert {parameter.dtype for parameter in model.parameters()} == {torch.float32}
 
 
-def test_rebuilt_demo_backbones_get_their_tower_pretrained_again(tmp_path, monkeypatch):
-    """prepare_demo reuses what a run left behind, but new backbones bring a random tower: its pretraining report
-    must not let that tower through unpretrained."""
+@pytest.fixture
+def stub_tower_pretraining(monkeypatch) -> list[Path]:
+    """The demo tower's real pretraining takes minutes: this one leaves the tower random, writes the report that
+    marks it done and records the folders it was asked to pretrain."""
     from moda.demo import vision_pretraining
 
     pretrained = []
 
-    def pretrain(vision_dir, seed, holdout):  # the real one trains for minutes; this records the call and its report
+    def pretrain(vision_dir, seed, holdout):
         pretrained.append(vision_dir)
         (vision_dir / vision_pretraining.REPORT_NAME).write_text("{}")
 
     monkeypatch.setattr(vision_pretraining, "pretrain_vision_tower", pretrain)
+    return pretrained
+
+
+def test_rebuilt_demo_backbones_get_their_tower_pretrained_again(tmp_path, stub_tower_pretraining):
+    """prepare_demo reuses what a run left behind, but new backbones bring a random tower: its pretraining report
+    must not let that tower through unpretrained."""
+    pretrained = stub_tower_pretraining
     model_args, data_args, _ = train_hf.parse_args(["--demo", "--demo_items", "60", "--output_dir", str(tmp_path)])
     for _ in range(2):  # the second run finds everything in place
         train_hf.prepare_demo(data_args, model_args, tmp_path)
@@ -472,16 +480,11 @@ def test_each_held_out_combination_is_scored_and_printed_on_its_own(catalogue, t
     assert all(any(line.lstrip().startswith(name) for line in printed.splitlines()) for name in combinations)
 
 
-def test_a_demo_run_checks_its_own_goals_and_says_so(tmp_path, monkeypatch, capsys):
+def test_a_demo_run_checks_its_own_goals_and_says_so(tmp_path, stub_tower_pretraining, capsys):
     """`--demo` ends with the verdict on each of the demo's goals, printed and saved; other runs only time themselves."""
-    from moda.demo import vision_pretraining
     from moda.demo.catalog import catalogue_items
     from moda.demo.goals import DEMO_GOALS
 
-    def pretrain(vision_dir, seed, holdout):  # the real pretraining takes minutes; a random tower is enough here
-        (vision_dir / vision_pretraining.REPORT_NAME).write_text("{}")
-
-    monkeypatch.setattr(vision_pretraining, "pretrain_vision_tower", pretrain)
     first_colour = next(catalogue_items(1, seed=0)).colour.name
     metrics = train_hf.main(
         ["--demo", "--demo_items", "80", "--output_dir", str(tmp_path), "--num_train_epochs", "1",
